@@ -1,0 +1,38 @@
+"""topk-service core: differentiable top-k operators as pure JAX functions.
+
+Every operator works on the last axis of an ``(..., n)`` array, in float32 and float64, is jit- and
+vmap-safe, takes ``k`` (and ``epsilon``, ``lengths``) as data so that new values never recompile, and
+has a hand-written ``custom_jvp`` (reverse mode by transposition).
+"""
+
+from core._hard import hard_topk_magnitude as hard_topk_magnitude
+from core._hard import hard_topk_mask as hard_topk_mask
+from core._hard import hard_topk_values as hard_topk_values
+from core._isotonic import DykstraSolution as DykstraSolution
+from core._isotonic import PavSolution as PavSolution
+from core._isotonic import dykstra_decreasing as dykstra_decreasing
+from core._isotonic import isotonic_regression as isotonic_regression
+from core._isotonic import pav_decreasing as pav_decreasing
+from core._sparse import SOLVERS as SOLVERS
+from core._sparse import sparse_topk_magnitude as sparse_topk_magnitude
+from core._sparse import sparse_topk_mask as sparse_topk_mask
+from core._sparse import sparse_topk_values as sparse_topk_values
+from core._threshold import ThresholdSolution as ThresholdSolution
+from core._threshold import solve_threshold as solve_threshold
+
+__all__ = [
+    "SOLVERS",
+    "DykstraSolution",
+    "PavSolution",
+    "ThresholdSolution",
+    "dykstra_decreasing",
+    "hard_topk_magnitude",
+    "hard_topk_mask",
+    "hard_topk_values",
+    "isotonic_regression",
+    "pav_decreasing",
+    "solve_threshold",
+    "sparse_topk_magnitude",
+    "sparse_topk_mask",
+    "sparse_topk_values",
+]

@@ -1,0 +1,240 @@
+r"""Sort-free solver for the sparse top-k operators: one threshold ``tau`` per row.
+
+For ``w = 1_k`` the permutahedron is the hypersimplex and the isotonic reduction pools a single block
+around rank ``k``, so both operators are element-wise functions of ``x`` and one scalar ``tau`` per
+row (see ``shared/research/threshold_forms.md``). With ``r = 1/(p - 1)``:
+
+- mask:       ``y_i = clip(((x_i - tau)_+ / eps)^r, 0, 1)``,  ``tau`` solves ``sum_i y_i = k``;
+- magnitude:  ``u_i = ((|x_i| - tau)_+ / eps)^r``,  ``tau > 0`` solves ``sum_i clip(u_i / tau, 0, 1) = k``.
+
+Each entry is a *top* (output saturated), in the pooled *block*, or a *zero*. Given that partition the
+equation restricted to the block has a closed-form root for ``p = 2`` and ``p = 4/3`` (a monotone
+cubic) and a Newton step otherwise. The solver alternates: evaluate the partition at ``tau``, shrink
+the bracket, jump to the block root of that partition if it lies inside the bracket (else bisect),
+and stops when the partition reproduces itself -- at which point ``tau`` is the exact root, not a
+bisection approximation (this avoids the magnitude operator's conditioning trap).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from core._rows import safe_divide
+
+
+class ThresholdSolution(NamedTuple):
+    """The threshold of every row and how the solver got there."""
+
+    tau: Array
+    iterations: Array
+    converged: Array
+
+
+def exponent(p: float) -> float:
+    """``r = 1 / (p - 1)``, snapped to the closed-form cases ``p = 2`` (r = 1) and ``p = 4/3`` (r = 3)."""
+    if p <= 1:
+        raise ValueError(f"p must be > 1, got {p}")
+    if abs(p - 2.0) < 1e-9:
+        return 1.0
+    if abs(p - 4.0 / 3.0) < 1e-9:
+        return 3.0
+    return 1.0 / (p - 1.0)
+
+
+def power(z: Array, r: float) -> Array:
+    """``z ** r`` for ``z >= 0`` without NaN (or infinite derivatives) at 0."""
+    if r == 1.0:
+        return z
+    if r == 3.0:
+        return z * z * z
+    positive = z > 0
+    return jnp.where(positive, jnp.where(positive, z, 1) ** r, 0)
+
+
+def _cbrt(v: Array) -> Array:
+    return jnp.sign(v) * jnp.abs(v) ** (1.0 / 3.0)
+
+
+def _depressed_cubic_root(p_coef: Array, q_coef: Array) -> Array:
+    """The real root of ``t^3 + P t + Q = 0`` for ``P >= 0`` (monotone, one real root).
+
+    Cardano with the larger-magnitude cube root (no cancellation inside the root), then two Newton
+    steps to remove the cancellation of ``u - P / (3u)`` when ``P^3 >> Q^2``.
+    """
+    disc = jnp.sqrt(0.25 * q_coef * q_coef + (p_coef / 3.0) ** 3)
+    u = _cbrt(-0.5 * q_coef - jnp.where(q_coef >= 0, disc, -disc))
+    t = u - safe_divide(p_coef, 3.0 * u)
+    for _ in range(2):
+        slope = 3.0 * t * t + p_coef
+        t = t - safe_divide(t * t * t + p_coef * t + q_coef, slope)
+    return t
+
+
+def cubic_block_root(
+    m: Array, mu: Array, m2: Array, m3: Array, weight: Array, eps: Array, magnitude: bool
+) -> Array:
+    """Block root for p = 4/3 from the block's size, mean and centred moments ``M2``, ``M3``.
+
+    Solves ``sum_B (a - tau)^3 = eps^3 W (tau if magnitude else 1)``; with ``d = a - mu`` and
+    ``t = tau - mu`` it is the monotone depressed cubic ``m t^3 + (3 M2 + c1) t + c0 - M3 = 0``.
+    """
+    e3w = eps**3 * weight
+    c1 = e3w if magnitude else jnp.zeros_like(e3w)
+    c0 = e3w * mu if magnitude else e3w
+    return mu + _depressed_cubic_root(safe_divide(3.0 * m2 + c1, m), safe_divide(c0 - m3, m))
+
+
+class _Partition(NamedTuple):
+    n_top: Array
+    n_block: Array
+    total: Array  # sum_i of the clipped outputs (the left side of the equation)
+    candidate: Array  # root of the equation restricted to this partition's block (or a Newton step)
+
+
+def _partition(
+    a: Array, valid: Array, tau: Array, k: Array, eps: Array, r: float, magnitude: bool
+) -> _Partition:
+    """Evaluate the partition at ``tau`` and the block root of that partition (rows on axis -1)."""
+    t = tau[..., None]
+    e = eps[..., None]
+    z = jnp.maximum(a - t, 0) / e
+    u = power(z, r)
+    if magnitude:
+        top = valid & (a > t) & (u >= t)
+        block = valid & (a > t) & (u < t)
+        ratio = safe_divide(u, jnp.broadcast_to(t, u.shape))
+        total = jnp.sum(top, axis=-1, dtype=a.dtype) + jnp.sum(jnp.where(block, ratio, 0), axis=-1)
+    else:
+        top = valid & (z >= 1)
+        block = valid & (a > t) & (z < 1)
+        total = jnp.sum(top, axis=-1, dtype=a.dtype) + jnp.sum(jnp.where(block, u, 0), axis=-1)
+    n_top = jnp.sum(top, axis=-1, dtype=jnp.int32)
+    n_block = jnp.sum(block, axis=-1, dtype=jnp.int32)
+    weight = (k - n_top).astype(a.dtype)  # the mass the block must carry
+    candidate = _block_root(a, block, weight, tau, eps, r, magnitude)
+    return _Partition(n_top, n_block, total, candidate)
+
+
+def _block_root(
+    a: Array, block: Array, weight: Array, tau: Array, eps: Array, r: float, magnitude: bool
+) -> Array:
+    """Root of ``sum_B ((a - tau) / eps)^r = W (tau if magnitude else 1)`` over a fixed block ``B``.
+
+    Closed form for r = 1 and r = 3; for other r one Newton step from ``tau``. NaN if B is empty.
+    """
+    m = jnp.sum(block, axis=-1).astype(a.dtype)
+    if r == 1.0:
+        block_sum = jnp.sum(jnp.where(block, a, 0), axis=-1)
+        if magnitude:  # sum_B (a - tau) / eps = W tau
+            root = safe_divide(block_sum, m + eps * weight)
+        else:  # sum_B (a - tau) / eps = W
+            root = safe_divide(block_sum - eps * weight, m)
+    elif r == 3.0:
+        mu = safe_divide(jnp.sum(jnp.where(block, a, 0), axis=-1), m)
+        d = jnp.where(block, a - mu[..., None], 0)
+        m2 = jnp.sum(d * d, axis=-1)
+        m3 = jnp.sum(d * d * d, axis=-1)
+        root = cubic_block_root(m, mu, m2, m3, weight, eps, magnitude)
+    else:  # one Newton step on  sum_B z^r - W (tau if magnitude else 1) = 0
+        z = jnp.maximum(a - tau[..., None], 0) / eps[..., None]
+        residual = jnp.sum(jnp.where(block, power(z, r), 0), axis=-1)
+        residual = residual - weight * (tau if magnitude else 1.0)
+        slope = jnp.sum(jnp.where(block, (r / eps[..., None]) * power(z, r - 1.0), 0), axis=-1)
+        slope = slope + (weight if magnitude else 0.0)
+        root = tau + safe_divide(residual, slope)
+    return jnp.where(m > 0, root, jnp.nan)
+
+
+def solve_threshold(
+    a: Array,
+    valid: Array,
+    k: Array,
+    eps: Array,
+    *,
+    p: float,
+    magnitude: bool,
+    max_iter: int = 100,
+) -> ThresholdSolution:
+    """Solve for ``tau`` row by row (all rows at once); ``a = |x|`` for the magnitude operator.
+
+    ``a``: ``(..., n)`` scores; ``valid``: mask of real entries; ``k``: int ``(...)`` already clipped to
+    ``[0, length]``; ``eps``: ``(...)``. Rows whose answer is trivial (k = 0, k = length, or for the
+    magnitude k at least the number of non-zeros) are set directly.
+    """
+    r = exponent(p)
+    dtype = a.dtype
+    length = jnp.sum(valid, axis=-1)
+    big = jnp.finfo(dtype).max
+    a_max = jnp.max(jnp.where(valid, a, -big), axis=-1)
+    a_min = jnp.min(jnp.where(valid, a, big), axis=-1)
+    a_max = jnp.where(length > 0, a_max, 0)
+    a_min = jnp.where(length > 0, a_min, 0)
+    if magnitude:
+        lo = jnp.zeros_like(a_max)
+        hi = a_max
+        nonzero = jnp.sum(valid & (a > 0), axis=-1)
+        trivial_tau = jnp.where(k >= nonzero, lo, hi)
+        trivial = (k == 0) | (k >= nonzero)
+    else:
+        lo = a_min - eps
+        hi = a_max
+        trivial_tau = jnp.where(k == 0, hi, lo)
+        trivial = (k == 0) | (k >= length)
+    # Start from the root of the partition that puts every real entry in the block.
+    mid = 0.5 * (lo + hi)
+    everything = _block_root(a, valid, k.astype(dtype), mid, eps, r, magnitude)
+    tau0 = jnp.where((everything > lo) & (everything < hi), everything, mid)
+    tol = 4 * jnp.finfo(dtype).eps * (jnp.maximum(jnp.abs(a_max), jnp.abs(a_min)) + eps)
+
+    class State(NamedTuple):
+        tau: Array
+        lo: Array
+        hi: Array
+        n_top: Array
+        n_block: Array
+        done: Array
+        iterations: Array
+
+    minus_one = jnp.full(k.shape, -1, jnp.int32)
+    init = State(
+        tau=jnp.where(trivial, trivial_tau, tau0),
+        lo=lo,
+        hi=hi,
+        n_top=minus_one,
+        n_block=minus_one,
+        done=trivial,
+        iterations=jnp.zeros(k.shape, jnp.int32),
+    )
+
+    def unfinished(s: State) -> Array:
+        return jnp.any(~s.done) & (jnp.max(s.iterations) < max_iter)
+
+    def step(s: State) -> State:
+        part = _partition(a, valid, s.tau, k, eps, r, magnitude)
+        exact = part.total == k
+        same = (part.n_top == s.n_top) & (part.n_block == s.n_block)
+        close = jnp.abs(part.candidate - s.tau) <= tol
+        settled = same & close
+        lo = jnp.where(part.total > k, s.tau, s.lo)
+        hi = jnp.where(part.total < k, s.tau, s.hi)
+        inside = (part.candidate > lo) & (part.candidate < hi)
+        mid = 0.5 * (lo + hi)
+        collapsed = (mid <= lo) | (mid >= hi)
+        nxt = jnp.where(inside | close, part.candidate, mid)
+        finished = s.done | exact | settled | collapsed
+        return State(
+            tau=jnp.where(finished, s.tau, nxt),
+            lo=lo,
+            hi=hi,
+            n_top=part.n_top,
+            n_block=part.n_block,
+            done=finished,
+            iterations=s.iterations + (~s.done).astype(jnp.int32),
+        )
+
+    final = jax.lax.while_loop(unfinished, step, init)
+    return ThresholdSolution(final.tau, final.iterations, final.done)
