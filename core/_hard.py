@@ -20,7 +20,8 @@ def _ordered_keys(x: Array) -> Array:
     """Unsigned integers whose order is the order of the floats ``x`` (with -0 == +0)."""
     bits = 32 if x.dtype.itemsize <= 4 else 64
     signed, unsigned = (jnp.int32, jnp.uint32) if bits == 32 else (jnp.int64, jnp.uint64)
-    x = x.astype(jnp.float32 if bits == 32 else jnp.float64) + 0.0  # -0 + 0 is +0
+    x = x.astype(jnp.float32 if bits == 32 else jnp.float64)
+    x = jnp.where(x == 0, jnp.zeros_like(x), x)  # -0 becomes +0 (XLA folds away `x + 0.0`)
     raw = jax.lax.bitcast_convert_type(x, signed)
     flipped = jnp.where(raw < 0, raw ^ jnp.array(jnp.iinfo(signed).max, signed), raw)
     sign_bit = jnp.array(1, unsigned) << (bits - 1)

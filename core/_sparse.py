@@ -56,15 +56,30 @@ def _threshold(
 # ----------------------------------------------------------------------------------------- mask
 
 
-def _mask_from_tau(x: Array, tau: Array, eps: Array, valid: Array, r: float) -> Array:
-    z = jnp.clip((x - tau[..., None]) / eps[..., None], 0, 1)
-    return jnp.where(valid, power(z, r), 0)
+def _mask_parts(
+    x: Array, tau: Array, k: Array, eps: Array, valid: Array
+) -> tuple[Array, Array, Array]:
+    """``z = (x - tau)/eps`` and the saturated (top) and pooled (block) entries of each row.
+
+    A block whose tops already carry all of ``k`` is empty: its members are exactly 0 (rounding in
+    ``tau`` must not leave them a 1e-16 share).
+    """
+    z = (x - tau[..., None]) / eps[..., None]
+    top = valid & (z >= 1)
+    room = (jnp.sum(top, axis=-1) < k)[..., None]
+    block = valid & (z > 0) & (z < 1) & room
+    return z, top, block
+
+
+def _mask_from_parts(z: Array, top: Array, block: Array, r: float) -> Array:
+    return jnp.where(top, 1, jnp.where(block, power(jnp.where(block, z, 0), r), 0)).astype(z.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def _mask(x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str) -> Array:
     tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
-    return _mask_from_tau(x, tau, eps, valid_entries(x, lengths), exponent(p))
+    z, top, block = _mask_parts(x, tau, k, eps, valid_entries(x, lengths))
+    return _mask_from_parts(z, top, block, exponent(p))
 
 
 @_mask.defjvp
@@ -76,10 +91,9 @@ def _mask_jvp(
     r = exponent(p)
     valid = valid_entries(x, lengths)
     tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
-    y = _mask_from_tau(x, tau, eps, valid, r)
+    z, top, free = _mask_parts(x, tau, k, eps, valid)
+    y = _mask_from_parts(z, top, free, r)
     # y = z^r on the pooled block F = {0 < z < 1}, z = (x - tau)/eps;  sum_F dy = 0 fixes dtau.
-    z = (x - tau[..., None]) / eps[..., None]
-    free = valid & (z > 0) & (z < 1)
     d = jnp.where(free, (r / eps[..., None]) * power(jnp.where(free, z, 0), r - 1.0), 0)
     shifted = jnp.where(free, dx - z * deps[..., None], 0)
     dtau = safe_divide(jnp.sum(d * shifted, axis=-1), jnp.sum(d, axis=-1))
@@ -89,20 +103,34 @@ def _mask_jvp(
 # ------------------------------------------------------------------------------------ magnitude
 
 
-def _magnitude_from_tau(x: Array, tau: Array, eps: Array, valid: Array, r: float) -> Array:
+def _magnitude_parts(
+    x: Array, tau: Array, k: Array, eps: Array, valid: Array, r: float
+) -> tuple[Array, Array, Array, Array]:
+    """``z = (|x| - tau)_+/eps``, ``u = z^r`` and the top and block entries of each row.
+
+    Tops satisfy ``u >= tau`` and keep ``x``; the block ``|x| > tau, u < tau`` is empty when the tops
+    already carry all of ``k`` (threshold_forms.md: then every non-top output is exactly 0).
+    """
     a = jnp.abs(x)
     t = tau[..., None]
-    u = power(jnp.maximum(a - t, 0) / eps[..., None], r)
+    z = jnp.maximum(a - t, 0) / eps[..., None]
+    u = power(z, r)
     top = valid & (a > t) & (u >= t)
-    block = valid & (a > t) & (u < t)
-    pooled = jnp.sign(x) * (u + a - t)
+    room = (jnp.sum(top, axis=-1) < k)[..., None]
+    block = valid & (a > t) & (u < t) & room
+    return z, u, top, block
+
+
+def _magnitude_from_parts(x: Array, tau: Array, u: Array, top: Array, block: Array) -> Array:
+    pooled = jnp.sign(x) * (u + jnp.abs(x) - tau[..., None])
     return jnp.where(top, x, jnp.where(block, pooled, 0))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def _magnitude(x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str) -> Array:
     tau = _threshold(jnp.abs(x), k, eps, lengths, p, solver, magnitude=True)
-    return _magnitude_from_tau(x, tau, eps, valid_entries(x, lengths), exponent(p))
+    _, u, top, block = _magnitude_parts(x, tau, k, eps, valid_entries(x, lengths), exponent(p))
+    return _magnitude_from_parts(x, tau, u, top, block)
 
 
 @_magnitude.defjvp
@@ -113,15 +141,10 @@ def _magnitude_jvp(
     dx, _, deps, _ = tangents
     r = exponent(p)
     valid = valid_entries(x, lengths)
-    a = jnp.abs(x)
-    tau = _threshold(a, k, eps, lengths, p, solver, magnitude=True)
-    out = _magnitude_from_tau(x, tau, eps, valid, r)
-    # On the block B: out = sign(x)(u + a - tau), u = z^r, sum_B u = W tau with W = k - #tops.
-    t = tau[..., None]
-    z = jnp.maximum(a - t, 0) / eps[..., None]
-    u = power(z, r)
-    top = valid & (a > t) & (u >= t)
-    block = valid & (a > t) & (u < t)
+    tau = _threshold(jnp.abs(x), k, eps, lengths, p, solver, magnitude=True)
+    z, u, top, block = _magnitude_parts(x, tau, k, eps, valid, r)
+    out = _magnitude_from_parts(x, tau, u, top, block)
+    # On the block B: out = sign(x)(u + |x| - tau), u = z^r, sum_B u = W tau with W = k - #tops.
     weight = (k - jnp.sum(top, axis=-1)).astype(x.dtype)
     sign = jnp.sign(x)
     d = jnp.where(block, (r / eps[..., None]) * power(jnp.where(block, z, 0), r - 1.0), 0)

@@ -1,0 +1,130 @@
+"""Float64 NumPy/SciPy references that share no code with ``core``.
+
+Three independent routes to the sparse top-k operators:
+- ``pav_*``: sort, then a plain Python stack PAV whose block roots are found by bisection on the
+  block's optimality condition (the isotonic reduction of Sander et al. 2023, any p);
+- ``scipy_*``: for p = 2, SciPy's ``isotonic_regression`` on the sorted problem;
+- ``bisection_mask``: bisection of the threshold on the hypersimplex (the primal's KKT conditions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import isotonic_regression as scipy_isotonic
+
+
+def _block_root(s: np.ndarray, w: np.ndarray, eps: float, r: float, magnitude: bool) -> float:
+    """Root v of  sum_B sign(s - v)|s - v|^r = eps^r * W * (v if magnitude else 1)  (decreasing in v)."""
+    weight = eps**r * w.sum()
+
+    def excess(v: float) -> float:
+        gap = s - v
+        return float(np.sum(np.sign(gap) * np.abs(gap) ** r) - weight * (v if magnitude else 1.0))
+
+    lo, hi = s.min() - 1.0 - eps, s.max() + 1.0
+    while excess(lo) < 0:
+        lo -= 2 * (hi - lo)
+    while excess(hi) > 0:
+        hi += 2 * (hi - lo)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if excess(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def pav_decreasing(
+    s: np.ndarray, w: np.ndarray, eps: float, r: float, magnitude: bool
+) -> np.ndarray:
+    """argmin_{v dec} sum (1/q)|s - v|^q + eps^(q-1) w (v or v^2/2), q = r + 1, by stack PAV."""
+    blocks: list[tuple[int, int, float]] = []
+    for i in range(len(s)):
+        start, end = i, i + 1
+        value = _block_root(s[start:end], w[start:end], eps, r, magnitude)
+        while blocks and blocks[-1][2] <= value:
+            start = blocks.pop()[0]
+            value = _block_root(s[start:end], w[start:end], eps, r, magnitude)
+        blocks.append((start, end, value))
+    v = np.empty(len(s))
+    for start, end, value in blocks:
+        v[start:end] = value
+    return v
+
+
+def _sorted(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.argsort(-x, kind="stable")
+    w = np.zeros(len(x))
+    w[:k] = 1.0
+    return order, x[order], w
+
+
+def pav_mask(x: np.ndarray, k: int, eps: float, p: float) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    r = 1.0 / (p - 1.0)
+    order, s, w = _sorted(x, k)
+    v = pav_decreasing(s, w, eps, r, magnitude=False)
+    y = np.empty(len(x))
+    y[order] = np.clip(np.maximum(s - v, 0) / eps, 0, 1) ** r
+    return y
+
+
+def pav_magnitude(x: np.ndarray, k: int, eps: float, p: float) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    r = 1.0 / (p - 1.0)
+    order, s, w = _sorted(np.abs(x), k)
+    v = pav_decreasing(s, w, eps, r, magnitude=True)
+    u = (np.maximum(s - v, 0) / eps) ** r
+    y = np.empty(len(x))
+    y[order] = u + np.maximum(s - v, 0)
+    return np.sign(x) * y
+
+
+def scipy_mask_p2(x: np.ndarray, k: int, eps: float) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    order, s, w = _sorted(x, k)
+    v = scipy_isotonic(s - eps * w, increasing=False).x
+    y = np.empty(len(x))
+    y[order] = (s - v) / eps
+    return y
+
+
+def scipy_magnitude_p2(x: np.ndarray, k: int, eps: float) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    order, s, w = _sorted(np.abs(x), k)
+    weights = 1 + eps * w
+    v = scipy_isotonic(s / weights, weights=weights, increasing=False).x
+    y = np.empty(len(x))
+    y[order] = (1 + eps) * (s - v) / eps
+    return np.sign(x) * y
+
+
+def bisection_mask(x: np.ndarray, k: int, eps: float, p: float) -> np.ndarray:
+    """Solve sum_i clip(((x_i - t)/eps)_+^r, 0, 1) = k for t by 300 bisection steps."""
+    x = np.asarray(x, np.float64)
+    r = 1.0 / (p - 1.0)
+
+    def mask(t: float) -> np.ndarray:
+        return np.clip(np.maximum(x - t, 0) / eps, 0, 1) ** r
+
+    lo, hi = x.min() - eps, x.max()
+    for _ in range(300):
+        mid = 0.5 * (lo + hi)
+        if mask(mid).sum() > k:
+            lo = mid
+        else:
+            hi = mid
+    return mask(0.5 * (lo + hi))
+
+
+def hard_mask(x: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(-np.asarray(x), kind="stable")
+    y = np.zeros(len(x))
+    y[order[:k]] = 1.0
+    return y
+
+
+def central_difference(f, x: np.ndarray, direction: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    """Directional derivative of f at x along direction, by central differences."""
+    return (np.asarray(f(x + h * direction)) - np.asarray(f(x - h * direction))) / (2 * h)
