@@ -20,13 +20,13 @@ run: install
 	$(PY) -m service --host $(HOST) --port $(PORT)
 
 lint: install
-	$(PY) -m ruff check core service api tests bench load
-	$(PY) -m ruff format --check core service api tests bench load
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
 format: install
-	$(PY) -m ruff format core service api tests bench load
-	$(PY) -m ruff check --fix core service api tests bench load
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 test: lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
