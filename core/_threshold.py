@@ -206,7 +206,10 @@ def solve_threshold(
         trivial_tau = jnp.where(k == 0, hi, lo)
         trivial = (k == 0) | (k >= length)
     tau0 = _quantile_guess(a, valid, k, eps, magnitude)
-    tau0 = jnp.where((tau0 > lo) & (tau0 < hi), tau0, 0.5 * (lo + hi))
+    # A guess beyond the data (short rows, heavy tails) is pulled inside: the root of the mask lies
+    # in [x_(k) - eps, x_(k+1)], so just below the largest score is the natural fallback.
+    below_top = jnp.maximum(hi - eps, 0.5 * (lo + hi))
+    tau0 = jnp.where(tau0 >= hi, below_top, jnp.where(tau0 <= lo, 0.5 * (lo + hi), tau0))
     tol = 4 * jnp.finfo(dtype).eps * (jnp.maximum(jnp.abs(a_max), jnp.abs(a_min)) + eps)
 
     class State(NamedTuple):
@@ -216,12 +219,14 @@ def solve_threshold(
         excess_lo: Array  # S(lo) - k >= 0
         excess_hi: Array  # S(hi) - k <= 0
         last_side: Array  # +1 if the last step moved lo, -1 if hi (for the Illinois rule)
+        edge_excess: Array  # (..., 2): |S - k| measured at lo / hi (inf for the initial bracket)
         n_top: Array
         n_block: Array
         done: Array
         iterations: Array
 
     kf = k.astype(dtype)
+    sum_tol = 16 * jnp.finfo(dtype).eps * jnp.maximum(kf, 1)
     total_at_lo = (nonzero if magnitude else length).astype(dtype)
     minus_one = jnp.full(k.shape, -1, jnp.int32)
     init = State(
@@ -231,6 +236,7 @@ def solve_threshold(
         excess_lo=total_at_lo - kf,
         excess_hi=-kf,
         last_side=jnp.zeros(k.shape, jnp.int32),
+        edge_excess=jnp.full((*k.shape, 2), jnp.inf, dtype),
         n_top=minus_one,
         n_block=minus_one,
         done=trivial,
@@ -266,15 +272,24 @@ def solve_threshold(
         mid = 0.5 * (lo + hi)
         fallback = jnp.where((false_position > lo) & (false_position < hi), false_position, mid)
         collapsed = (mid <= lo) | (mid >= hi)
-        nxt = jnp.where(inside | close, part.candidate, fallback)
-        finished = s.done | exact | settled | collapsed
+        # A block root on the bracket's edge (within rounding) is the root at a kink of the sum,
+        # where float rounding keeps the partitions on both sides from ever reproducing.
+        measured = jnp.stack([moves_lo, moves_hi], axis=-1)
+        edge_excess = jnp.where(measured, jnp.abs(excess)[..., None], s.edge_excess)
+        on_root = edge_excess <= sum_tol[..., None]
+        at_edge = (on_root[..., 0] & (jnp.abs(part.candidate - lo) <= tol)) | (
+            on_root[..., 1] & (jnp.abs(part.candidate - hi) <= tol)
+        )
+        nxt = jnp.where(inside | close | at_edge, part.candidate, fallback)
+        finished = s.done | exact | settled | collapsed | at_edge
         return State(
-            tau=jnp.where(finished, s.tau, nxt),
+            tau=jnp.where(s.done | exact | settled | collapsed, s.tau, nxt),
             lo=lo,
             hi=hi,
             excess_lo=excess_lo,
             excess_hi=excess_hi,
             last_side=side,
+            edge_excess=edge_excess,
             n_top=part.n_top,
             n_block=part.n_block,
             done=finished,
