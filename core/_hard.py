@@ -8,55 +8,102 @@ at the threshold are broken by position (the lower index wins).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import Array
+from jax.scipy.special import ndtri
 from jax.typing import ArrayLike
 
 from core._rows import as_float_array, row_k, row_lengths, valid_entries
 
 
 def _ordered_keys(x: Array) -> Array:
-    """Unsigned integers whose order is the order of the floats ``x`` (with -0 == +0)."""
+    """Signed integers whose order is the order of the floats ``x`` (with -0 == +0).
+
+    Signed rather than unsigned: XLA's CPU backend vectorises signed compares and reductions.
+    """
     bits = 32 if x.dtype.itemsize <= 4 else 64
-    signed, unsigned = (jnp.int32, jnp.uint32) if bits == 32 else (jnp.int64, jnp.uint64)
+    signed = jnp.int32 if bits == 32 else jnp.int64
     x = x.astype(jnp.float32 if bits == 32 else jnp.float64)
     x = jnp.where(x == 0, jnp.zeros_like(x), x)  # -0 becomes +0 (XLA folds away `x + 0.0`)
     raw = jax.lax.bitcast_convert_type(x, signed)
-    flipped = jnp.where(raw < 0, raw ^ jnp.array(jnp.iinfo(signed).max, signed), raw)
-    sign_bit = jnp.array(1, unsigned) << (bits - 1)
-    return jax.lax.bitcast_convert_type(flipped, unsigned) ^ sign_bit
+    return jnp.where(raw < 0, raw ^ jnp.array(jnp.iinfo(signed).max, signed), raw)
 
 
-def _kth_largest_key(keys: Array, valid: Array, k: Array) -> Array:
-    """The k-th largest key among the valid entries of each row (k >= 1), by snapped bisection.
+def _key_to_float(key: Array, dtype: jnp.dtype) -> Array:
+    """Inverse of :func:`_ordered_keys`."""
+    raw = jnp.where(key < 0, key ^ jnp.array(jnp.iinfo(key.dtype).max, key.dtype), key)
+    return jax.lax.bitcast_convert_type(raw, dtype)
 
-    Invariant: at least ``k`` valid keys are ``>= lo`` and fewer than ``k`` are ``>= hi``; ``lo`` and
-    ``hi - 1`` are always actual keys, so the loop ends as soon as no key lies strictly between.
+
+def _kth_largest_key(keys: Array, valid: Array, k: Array, first_guess: Array) -> Array:
+    """The k-th largest key among the valid entries of each row (k >= 1).
+
+    Invariant: ``c_lo = #{keys >= lo} >= k > #{keys >= hi} = c_hi``; ``lo`` and ``hi - 1`` are always
+    actual keys (each trial snaps to the nearest key on its side), so the loop ends as soon as no key
+    lies strictly between. Trials alternate between false position on the counts (in value space,
+    fast on smooth data; the first trial is ``first_guess``) and bisection of the key range (at most
+    32 or 64 halvings whatever the data).
     """
-    zero = jnp.zeros((), keys.dtype)
+    float_dtype = jnp.float32 if keys.dtype == jnp.int32 else jnp.float64
+    bottom = jnp.array(jnp.iinfo(keys.dtype).min, keys.dtype)
     top = jnp.array(jnp.iinfo(keys.dtype).max, keys.dtype)
     lo = jnp.min(jnp.where(valid, keys, top), axis=-1)
-    hi = jnp.max(jnp.where(valid, keys, zero), axis=-1) + 1
+    hi = jnp.max(jnp.where(valid, keys, bottom), axis=-1) + 1  # NaN keys are never reached
+    c_lo = jnp.sum(valid, axis=-1, dtype=jnp.int32)
+    c_hi = jnp.zeros_like(c_lo)
+    kf = k.astype(float_dtype)
+    guess_key = _ordered_keys(first_guess.astype(float_dtype))
 
-    def unfinished(state: tuple[Array, Array]) -> Array:
-        lo, hi = state
-        return jnp.any(hi - lo > 1)
+    class State(NamedTuple):
+        lo: Array
+        hi: Array
+        c_lo: Array
+        c_hi: Array
+        step: Array
 
-    def step(state: tuple[Array, Array]) -> tuple[Array, Array]:
-        lo, hi = state
-        mid = lo + (hi - lo) // 2
-        above = valid & (keys >= mid[..., None])
-        enough = jnp.sum(above, axis=-1) >= k
+    def unfinished(s: State) -> Array:
+        return jnp.any(s.lo + 1 < s.hi)
+
+    def step(s: State) -> State:
+        lo_value = _key_to_float(s.lo, float_dtype)
+        hi_value = _key_to_float(s.hi - 1, float_dtype)
+        share = (s.c_lo.astype(float_dtype) - kf + 0.5) / jnp.maximum(s.c_lo - s.c_hi, 1)
+        interpolated = _ordered_keys(lo_value + share * (hi_value - lo_value))
+        halfway = (s.lo >> 1) + (s.hi >> 1) + (s.lo & s.hi & 1)  # floor((lo+hi)/2), no overflow
+        trial = jnp.where(s.step == 0, guess_key, jnp.where(s.step % 2 == 1, interpolated, halfway))
+        trial = jnp.clip(trial, s.lo + 1, s.hi - 1)
+        above = valid & (keys >= trial[..., None])
+        count = jnp.sum(above, axis=-1, dtype=jnp.int32)
+        enough = count >= k
         smallest_above = jnp.min(jnp.where(above, keys, top), axis=-1)
-        largest_below = jnp.max(jnp.where(valid & ~above, keys, zero), axis=-1)
-        active = hi - lo > 1
-        lo = jnp.where(active & enough, smallest_above, lo)
-        hi = jnp.where(active & ~enough, largest_below + 1, hi)
-        return lo, hi
+        largest_below = jnp.max(jnp.where(valid & ~above, keys, bottom), axis=-1)
+        active = s.lo + 1 < s.hi
+        raise_lo = active & enough
+        lower_hi = active & ~enough
+        return State(
+            lo=jnp.where(raise_lo, smallest_above, s.lo),
+            hi=jnp.where(lower_hi, largest_below + 1, s.hi),
+            c_lo=jnp.where(raise_lo, count, s.c_lo),
+            c_hi=jnp.where(lower_hi, count, s.c_hi),
+            step=s.step + 1,
+        )
 
-    lo, _ = jax.lax.while_loop(unfinished, step, (lo, hi))
-    return lo
+    final = jax.lax.while_loop(
+        unfinished, step, State(lo, hi, c_lo, c_hi, jnp.zeros((), jnp.int32))
+    )
+    return final.lo
+
+
+def _quantile_guess(scores: Array, valid: Array, k: Array) -> Array:
+    """The ``1 - k/n`` quantile of a normal fit to each row: where the k-th largest usually is."""
+    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(scores.dtype)
+    mean = jnp.sum(jnp.where(valid, scores, 0), axis=-1) / count
+    var = jnp.sum(jnp.where(valid, (scores - mean[..., None]) ** 2, 0), axis=-1) / count
+    tail = jnp.clip((k.astype(scores.dtype) - 0.5) / count, 1e-7, 1 - 1e-7)
+    return mean + jnp.sqrt(var) * ndtri(1 - tail)
 
 
 def _topk_mask(scores: ArrayLike, k: ArrayLike, lengths: ArrayLike | None) -> Array:
@@ -65,7 +112,9 @@ def _topk_mask(scores: ArrayLike, k: ArrayLike, lengths: ArrayLike | None) -> Ar
     valid = valid_entries(scores, lengths_)
     k_ = row_k(scores, k, lengths_)
     keys = _ordered_keys(scores)
-    kth = _kth_largest_key(keys, valid, jnp.maximum(k_, 1))[..., None]
+    k_at_least_one = jnp.maximum(k_, 1)
+    guess = _quantile_guess(scores, valid, k_at_least_one)
+    kth = _kth_largest_key(keys, valid, k_at_least_one, guess)[..., None]
     above = valid & (keys > kth)
     at = valid & (keys == kth)
     still_needed = (k_ - jnp.sum(above, axis=-1))[..., None]
