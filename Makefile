@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-slow lint format bench clean
+.PHONY: install run test test-slow lint format bench bench-service clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,17 @@ format: install
 	$(PY) -m ruff check --fix .
 
 test: lint
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/core.py
+	$(PY) bench/soft.py
+
+bench-service: install
+	$(PY) bench/service.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,13 @@ from core._isotonic import PavSolution as PavSolution
 from core._isotonic import dykstra_decreasing as dykstra_decreasing
 from core._isotonic import isotonic_regression as isotonic_regression
 from core._isotonic import pav_decreasing as pav_decreasing
+from core._permutahedron import project_permutahedron as project_permutahedron
+from core._permutahedron import soft_rank as soft_rank
+from core._permutahedron import soft_sort as soft_sort
+from core._soft import SoftTopkInfo as SoftTopkInfo
+from core._soft import SoftTopkSorted as SoftTopkSorted
+from core._soft import soft_topk_mask as soft_topk_mask
+from core._soft import soft_topk_sorted as soft_topk_sorted
 from core._sparse import SOLVERS as SOLVERS
 from core._sparse import sparse_topk_magnitude as sparse_topk_magnitude
 from core._sparse import sparse_topk_mask as sparse_topk_mask
@@ -21,6 +28,13 @@ from core._threshold import ThresholdSolution as ThresholdSolution
 from core._threshold import solve_threshold as solve_threshold
 
 __all__ = [
+    "SoftTopkInfo",
+    "SoftTopkSorted",
+    "project_permutahedron",
+    "soft_rank",
+    "soft_sort",
+    "soft_topk_mask",
+    "soft_topk_sorted",
     "SOLVERS",
     "DykstraSolution",
     "PavSolution",

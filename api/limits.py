@@ -1,0 +1,17 @@
+"""Size limits a server announces in ``GET /v1/operators`` and enforces on every request."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Limits(BaseModel):
+    """Semantic caps of one server. Requests beyond them get 413 (size) or 422 (value)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_rows: int = Field(ge=1, description="Most rows in one request.")
+    max_n: int = Field(ge=1, description="Most entries in one row.")
+    max_k: int = Field(ge=1, description="Largest k (it must also be at most the row's length).")
+    max_body_bytes: int = Field(ge=1, description="Largest request body, in bytes.")
+    max_batch_rows: int = Field(ge=1, description="Row budget of one device call (batching).")

@@ -1,0 +1,364 @@
+"""HTTP benchmark of the service: requests/s and p50/p99, batching on vs off vs a bare echo floor.
+
+One run starts three servers in their own processes on free 127.0.0.1 ports (the service with
+batching on, with batching off, and a bare uvicorn app that echoes the request body), drives each
+with a small keep-alive HTTP/1.1 load generator (asyncio streams, no client library overhead) at
+1, 16 and 64 concurrent clients for two payloads, then runs an open-loop paced load at 80 % of the
+measured saturation to check the tail. Results go to the ``## Service`` section of
+bench/RESULTS.md (other sections are left untouched).
+
+    python bench/service.py                 # full run (~3-4 minutes on 2 cores)
+    python bench/service.py --duration 2    # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "RESULTS.md"
+CONCURRENCY = (1, 16, 64)
+
+
+# ------------------------------------------------------------------------------ echo server
+
+
+async def echo_app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                   send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:  # fmt: skip
+    """The HTTP floor: read the whole body and send it back, nothing else."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve_echo(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(echo_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Target:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    path: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_service(name: str, batching: bool, cache: Path) -> Target:
+    port = free_port()
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
+        "PYTHONPATH": str(ROOT),
+        "TOPK_BATCHING": "true" if batching else "false",
+        "TOPK_WARMUP_OPERATORS": "sparse",
+        "TOPK_WARMUP_ROW_BUCKETS": "1,2,4,8,16,32,64,128,256",
+        "TOPK_WARMUP_N_BUCKETS": "64,1024",
+        "TOPK_COMPILATION_CACHE_DIR": str(cache),
+        "TOPK_LOG_LEVEL": "warning",
+    }
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, cwd=ROOT, env=environment)
+    return Target(name, process, port, "/v1/topk")
+
+
+def start_echo() -> Target:
+    port = free_port()
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve-echo", str(port)]
+    return Target("echo", subprocess.Popen(command, cwd=ROOT), port, "/echo")
+
+
+async def wait_ready(target: Target, path: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    while True:
+        if target.process.poll() is not None:
+            raise RuntimeError(f"{target.name} exited during start-up")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{target.name} not ready after {timeout} s")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+            writer.write(request)
+            status, _ = await read_response(reader)
+            writer.close()
+            if status == 200:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.5)
+
+
+# ------------------------------------------------------------------------------ load generator
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    match = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    body = await reader.readexactly(int(match.group(1))) if match else b""
+    return status, body
+
+
+def http_request(path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@dataclass
+class Measurement:
+    requests: int
+    errors: int
+    seconds: float
+    latencies: np.ndarray
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return (
+            float(np.percentile(self.latencies, q) * 1000) if len(self.latencies) else float("nan")
+        )
+
+
+async def closed_loop(port: int, request: bytes, clients: int, duration: float) -> Measurement:
+    """``clients`` connections, each sending its next request when the previous one is answered."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+
+    async def client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            writer.write(request)
+            status, _ = await read_response(reader)
+            latencies.append(time.perf_counter() - started)
+            errors += status != 200
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return Measurement(len(latencies), errors, time.perf_counter() - started, np.array(latencies))
+
+
+async def open_loop(
+    port: int, request: bytes, connections: int, rate: float, duration: float
+) -> Measurement:
+    """A paced load of ``rate`` requests/s; latency counts from the *scheduled* send time, so a
+    stalled server shows up in the tail (no coordinated omission)."""
+    latencies: list[float] = []
+    errors = 0
+    interval = connections / rate
+    begin = time.perf_counter() + 0.05
+
+    async def client(offset: float) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        scheduled = begin + offset
+        while scheduled < begin + duration:
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            writer.write(request)
+            status, _ = await read_response(reader)
+            latencies.append(time.perf_counter() - scheduled)
+            errors += status != 200
+            scheduled += interval
+        writer.close()
+
+    await asyncio.gather(*(client(i * interval / connections) for i in range(connections)))
+    return Measurement(len(latencies), errors, duration, np.array(latencies))
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def payloads() -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    small = {"x": rng.normal(size=(1, 64)).round(4).tolist(), "k": 2}
+    batched = {"x": rng.normal(size=(256, 1024)).round(4).tolist(), "k": 8}
+    return {
+        "small 1x64 k=2": json.dumps(small).encode(),
+        "batched 256x1024 k=8": json.dumps(batched).encode(),
+    }
+
+
+async def run(duration: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All three servers run at once and every cell is measured back to back on all three, so
+    that a drift in the machine's load (it is shared) biases no target against another."""
+    cache = ROOT / ".jax_cache" / "bench"
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    bodies = payloads()
+    targets: list[Target] = []
+    try:
+        targets.append(start_echo())
+        await wait_ready(targets[-1], "/")
+        for name, batching in (("batching on", True), ("batching off", False)):
+            # One after the other: the second start loads the first one's kernels from the cache.
+            targets.append(start_service(name, batching, cache))
+            await wait_ready(targets[-1], "/readyz")
+        for label, body in bodies.items():
+            for target in targets[1:]:  # first-touch effects out of the way
+                await closed_loop(target.port, http_request(target.path, body), 4, 1.0)
+            for clients in CONCURRENCY:
+                for target in targets:
+                    request = http_request(target.path, body)
+                    m = await closed_loop(target.port, request, clients, duration)
+                    rows.append(row(target.name, label, clients, m))
+                    print(rows[-1], flush=True)
+        on = targets[1]
+        small = http_request(on.path, bodies["small 1x64 k=2"])
+        saturation = max(
+            r["rps"] for r in rows if r["target"] == on.name and r["payload"].startswith("small")
+        )
+        rate = 0.8 * saturation
+        m = await open_loop(on.port, small, 64, rate, max(duration, 5.0))
+        paced = {"rate": rate, "saturation": saturation, **row(on.name, "small 1x64 k=2", 64, m)}
+        print("paced", paced, flush=True)
+    finally:
+        for target in targets:
+            target.stop()
+    return rows, paced
+
+
+def row(target: str, payload: str, clients: int, m: Measurement) -> dict[str, Any]:
+    return {
+        "target": target, "payload": payload, "clients": clients, "requests": m.requests,
+        "errors": m.errors, "rps": m.rps, "p50_ms": m.percentile(50), "p99_ms": m.percentile(99),
+    }  # fmt: skip
+
+
+def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -> str:
+    def find(target: str, payload: str, clients: int) -> dict[str, Any]:
+        return next(
+            r
+            for r in rows
+            if (r["target"], r["payload"], r["clients"]) == (target, payload, clients)
+        )
+
+    lines = [
+        "## Service",
+        "",
+        f"`python bench/service.py --duration {duration:g}` on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs shared by server and load generator, CPU JAX, Python "
+        f"{platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Closed-loop "
+        "keep-alive clients; latencies in ms; `echo` is a bare uvicorn app returning the body.",
+        "",
+        "| payload | clients | echo req/s | batching on req/s | p50 | p99 | batching off req/s | p50 | p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for payload in dict.fromkeys(r["payload"] for r in rows):
+        for clients in CONCURRENCY:
+            e = find("echo", payload, clients)
+            on = find("batching on", payload, clients)
+            off = find("batching off", payload, clients)
+            lines.append(
+                f"| {payload} | {clients} | {e['rps']:.0f} | {on['rps']:.0f} | {on['p50_ms']:.1f} | "
+                f"{on['p99_ms']:.1f} | {off['rps']:.0f} | {off['p50_ms']:.1f} | {off['p99_ms']:.1f} |"
+            )
+    errors = sum(r["errors"] for r in rows) + paced.get("errors", 0)
+    small = "small 1x64 k=2"
+    best_echo = max(find("echo", small, c)["rps"] for c in CONCURRENCY)
+    best_on = max(find("batching on", small, c)["rps"] for c in CONCURRENCY)
+    speedup = find("batching on", small, 64)["rps"] / find("batching off", small, 64)["rps"]
+    tail = paced["p99_ms"] / paced["p50_ms"]
+    lines += [
+        "",
+        "| target | measured | goal | met |",
+        "|---|---:|---:|:---:|",
+        f"| small requests vs echo (best of each) | {best_on / best_echo:.0%} | ≥ 60 % | "
+        f"{'yes' if best_on >= 0.6 * best_echo else 'no'} |",
+        f"| batching on / off, small, 64 clients | {speedup:.1f}× | ≥ 5× | {'yes' if speedup >= 5 else 'no'} |",
+        f"| p99 / p50 at 80 % of saturation ({paced['rate']:.0f} req/s paced, small) | "
+        f"{tail:.1f}× (p50 {paced['p50_ms']:.1f}, p99 {paced['p99_ms']:.1f}) | ≤ 3× | {'yes' if tail <= 3 else 'no'} |",
+        "",
+        f"Non-200 answers during the run: {errors}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    """Replace (or append) only the ``## Service`` section of bench/RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(r"^## Service\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
+    arguments = parser.parse_args()
+    if arguments.serve_echo:
+        serve_echo(arguments.serve_echo)
+        return
+    rows, paced = asyncio.run(run(arguments.duration))
+    section = report(rows, paced, arguments.duration)
+    print(section)
+    if not arguments.no_write:
+        write_section(section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The app factory: ``create_app(settings)`` builds a FastAPI app whose lifespan runs the engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import Route
+
+from service.errors import install_error_handlers
+from service.routes import probes, topk
+from service.runtime import ServiceRuntime
+from service.settings import Settings
+
+DESCRIPTION = """\
+Differentiable top-k over HTTP. `POST /v1/topk` takes rows of scores and answers each row's
+support (`indices`, `values`), with JVPs (`tangent`) and VJPs (`cotangent`) on request.
+Requests are batched dynamically and run on kernels compiled ahead of time per shape bucket.
+Every error answers `{"error": ..., "errors": [{"field": ..., "reason": ...}]}`.
+"""
+
+
+def _operation_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app with its own runtime and metrics registry (no module-level state)."""
+    runtime = ServiceRuntime(settings or Settings.from_env())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="topk-service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(topk.router)
+    # FastAPI's per-request dependency solving costs about as much as all of our validation of a
+    # small request, and /v1/topk reads the raw body itself anyway: a plain Starlette route placed
+    # first serves it. The APIRoute stays (unreachable) so that OpenAPI documents the contract.
+    app.router.routes.insert(0, Route("/v1/topk", topk.topk, methods=["POST"]))
+    app.include_router(probes.router)
+    return app

@@ -1,0 +1,138 @@
+"""Host-side halves of a device call: stack requests into one padded batch, and split it back.
+
+Padding is NumPy on the host (an eager ``jnp.pad`` would compile once per raw shape). Padding rows
+get length 1 and k 1 rather than 0, so that no solver ever sees an empty row, and are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+
+from service.buckets import ShapeBucket
+from service.kernels import KernelInputs, KernelKey
+from service.prepared import PreparedRequest
+
+
+def pad_batch(items: Sequence[PreparedRequest], bucket: ShapeBucket) -> KernelInputs:
+    """One :class:`KernelInputs` of ``bucket``'s shape holding every row of ``items`` in order."""
+    real = sum(item.rows for item in items)
+    spare = bucket.rows - real
+    if spare < 0:
+        raise ValueError(f"{real} rows do not fit in bucket {bucket}")
+
+    def rows_of(arrays: list[np.ndarray], fill: float | int, dtype: type) -> np.ndarray:
+        pad = np.full((spare, *arrays[0].shape[1:]), fill, dtype=dtype)
+        return np.ascontiguousarray(np.concatenate([*arrays, pad]), dtype=dtype)
+
+    first = items[0]
+    return KernelInputs(
+        x=rows_of([item.x for item in items], 0.0, np.float32),
+        k=rows_of([item.k for item in items], 1, np.int32),
+        epsilon=rows_of([item.epsilon for item in items], 1.0, np.float32),
+        lengths=rows_of([item.lengths for item in items], 1, np.int32),
+        tangent=(
+            None
+            if first.tangent is None
+            else rows_of(
+                [item.tangent for item in items if item.tangent is not None], 0.0, np.float32
+            )
+        ),
+        cotangent=(
+            None
+            if first.cotangent is None
+            else rows_of(
+                [item.cotangent for item in items if item.cotangent is not None], 0.0, np.float32
+            )
+        ),
+    )
+
+
+class NonFiniteOutput(ArithmeticError):
+    """The kernel produced NaN or Inf for a valid request: a server fault, never sent as null."""
+
+
+def sparse_rows(
+    out: np.ndarray,
+    jvp: np.ndarray | None,
+    vjp: np.ndarray | None,
+    lengths: np.ndarray,
+    ks: np.ndarray,
+) -> list[dict[str, object]]:
+    """Per row: the support in descending output order, the output there, and the derivatives."""
+    if (
+        not np.isfinite(out).all()
+        or (jvp is not None and not np.isfinite(jvp).all())
+        or (vjp is not None and not np.isfinite(vjp).all())
+    ):
+        raise NonFiniteOutput("the kernel returned a non-finite value")
+    rows: list[dict[str, object]] = []
+    for i, (n, k) in enumerate(zip(lengths.tolist(), ks.tolist(), strict=True)):
+        row = out[i, :n]
+        support = np.flatnonzero(row)
+        # A stable sort of the negated outputs: ties keep ascending index order.
+        order = support[np.argsort(-row[support], kind="stable")]
+        answer: dict[str, object] = {"indices": order, "values": np.ascontiguousarray(row[order])}
+        if jvp is not None:
+            answer["jvp"] = np.ascontiguousarray(jvp[i, order])
+        if vjp is not None:
+            answer["vjp"] = np.ascontiguousarray(vjp[i, :n])
+        answer["n"] = n
+        answer["k"] = k
+        rows.append(answer)
+    return rows
+
+
+def dense_rows(
+    out: np.ndarray, jvp: np.ndarray | None, vjp: np.ndarray | None, lengths: np.ndarray
+) -> list[dict[str, object]]:
+    """Per row: the output, and the derivatives, over the row's real entries only."""
+    for array in (out, jvp, vjp):
+        if array is not None and not np.isfinite(array).all():
+            raise NonFiniteOutput("the kernel returned a non-finite value")
+    rows: list[dict[str, object]] = []
+    for i, n in enumerate(lengths.tolist()):
+        answer: dict[str, object] = {"values": np.ascontiguousarray(out[i, :n])}
+        if jvp is not None:
+            answer["jvp"] = np.ascontiguousarray(jvp[i, :n])
+        if vjp is not None:
+            answer["vjp"] = np.ascontiguousarray(vjp[i, :n])
+        answer["n"] = n
+        rows.append(answer)
+    return rows
+
+
+def split_batch(
+    key: KernelKey,
+    outputs: Sequence[np.ndarray],
+    items: Sequence[PreparedRequest],
+    dense: bool = False,
+) -> list[bytes | BaseException]:
+    """The JSON answer of each request of the batch, or the exception that concerns only it.
+
+    Top-k answers are sparse (support and values); ``dense`` answers give every entry.
+    """
+    out = outputs[0]
+    jvp = outputs[1] if key.takes_tangent else None
+    vjp = outputs[-1] if key.takes_cotangent else None
+    answers: list[bytes | BaseException] = []
+    start = 0
+    for item in items:
+        stop = start + item.rows
+        try:
+            part_jvp = None if jvp is None else jvp[start:stop]
+            part_vjp = None if vjp is None else vjp[start:stop]
+            payload: dict[str, object]
+            if dense:
+                rows = dense_rows(out[start:stop], part_jvp, part_vjp, item.lengths)
+                payload = {"operator": key.operator, "rows": rows}
+            else:
+                rows = sparse_rows(out[start:stop], part_jvp, part_vjp, item.lengths, item.k)
+                payload = {"operator": key.operator, "output": key.output, "rows": rows}
+            answers.append(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
+        except Exception as error:  # noqa: BLE001 — this request's fault stays with this request
+            answers.append(error)
+        start = stop
+    return answers

@@ -1,0 +1,230 @@
+"""Dynamic batching in plain asyncio: coalesce concurrent requests with the same key.
+
+Each request is queued under its key (its shape bucket and kernel) with its own future. A key's
+queue is sent as one batch when its rows reach the row budget, or when its oldest request has
+waited ``max_delay`` seconds, whichever comes first (Triton/Ray Serve semantics); with a delay of
+0 whatever has queued while the previous batches ran goes together. At most
+``max_concurrent_batches`` batches are in flight, so the host work of one overlaps the device work
+of another. The queue is bounded: a full queue refuses at once (the caller answers 503).
+
+The batch function returns one result *or exception* per item, so one bad item never fails its
+batch-mates; only an exception of the batch function itself fails the whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queued`` requests already; try again later."""
+
+
+class BatcherClosed(Exception):
+    """The batcher is draining or stopped and takes no new requests."""
+
+
+@dataclass
+class _Job(Generic[T, R]):
+    item: T
+    rows: int
+    enqueued_at: float
+    future: asyncio.Future[R] = field(repr=False)
+
+
+BatchFunction = Callable[[K, list[T]], Awaitable[Sequence[R | BaseException]]]
+
+
+class Batcher(Generic[K, T, R]):
+    """Queues items per key and runs ``process(key, items)`` on batches of them."""
+
+    def __init__(
+        self,
+        process: BatchFunction[K, T, R],
+        *,
+        max_batch_rows: int,
+        max_delay: float,
+        max_queued: int,
+        max_concurrent_batches: int = 1,
+        batching: bool = True,
+        observe_wait: Callable[[float], None] | None = None,
+    ) -> None:
+        if max_batch_rows < 1 or max_queued < 1 or max_concurrent_batches < 1 or max_delay < 0:
+            raise ValueError(
+                "max_batch_rows, max_queued, max_concurrent_batches >= 1; max_delay >= 0"
+            )
+        self._process = process
+        self._max_rows = max_batch_rows
+        self._max_delay = max_delay
+        self._max_queued = max_queued
+        self._batching = batching
+        self._observe_wait = observe_wait
+        self._queues: dict[K, collections.deque[_Job[T, R]]] = {}
+        self._queued_rows: dict[K, int] = {}  # kept up to date, so no queue is ever summed
+        self._queued = 0
+        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._wakeup = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._controller: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        """Requests queued and not yet sent to the batch function."""
+        return self._queued
+
+    def start(self) -> None:
+        """Start the controller task (call from inside the running event loop)."""
+        if self._controller is None:
+            self._controller = asyncio.get_running_loop().create_task(self._control())
+
+    async def submit(self, key: K, item: T, rows: int = 1) -> R:
+        """Queue ``item`` (worth ``rows`` rows of budget) and wait for its own result."""
+        if self._closing or self._controller is None:
+            raise BatcherClosed("the batcher is not accepting requests")
+        if self._queued >= self._max_queued:
+            raise QueueFull(f"{self._queued} requests queued (max {self._max_queued})")
+        loop = asyncio.get_running_loop()
+        job: _Job[T, R] = _Job(item, rows, loop.time(), loop.create_future())
+        queue = self._queues.setdefault(key, collections.deque())
+        queue.append(job)
+        rows_now = self._queued_rows.get(key, 0) + rows
+        self._queued_rows[key] = rows_now
+        self._queued += 1
+        # Wake the controller only when this request changes what it waits for: a new oldest
+        # request (a new deadline), a full row budget, or no batching at all. Waking it for every
+        # request would cost more than the batching saves.
+        if (
+            len(queue) == 1
+            or rows_now >= self._max_rows
+            or not self._batching
+            or self._max_delay == 0
+        ):
+            self._wakeup.set()
+        return await job.future
+
+    async def close(self, *, drain: bool = True) -> None:
+        """Stop taking requests; finish the queued ones (``drain``) or fail them, then stop."""
+        self._closing = True
+        if not drain:
+            for queue in self._queues.values():
+                for job in queue:
+                    if not job.future.done():
+                        job.future.set_exception(BatcherClosed("the server is shutting down"))
+            self._queues.clear()
+            self._queued_rows.clear()
+            self._queued = 0
+        self._wakeup.set()
+        if self._controller is not None:
+            await asyncio.gather(self._controller, return_exceptions=True)
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    # ------------------------------------------------------------------------------ controller
+
+    async def _control(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wakeup.clear()
+            key, wait = self._due(loop.time())
+            if key is None:
+                if self._closing and self._queued == 0:
+                    return
+                if wait is None:
+                    await self._wakeup.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._wakeup.wait()
+                continue
+            # Take the jobs only once a slot is free: requests arriving meanwhile join the batch.
+            await self._slots.acquire()
+            jobs = self._take(key)
+            if not jobs:
+                self._slots.release()
+                continue
+            task = loop.create_task(self._dispatch(key, jobs))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    def _due(self, now: float) -> tuple[K | None, float | None]:
+        """The key whose batch should go now (oldest first), else the time until one is due."""
+        due_key: K | None = None
+        due_since = float("inf")
+        next_wait: float | None = None
+        for key, queue in self._queues.items():
+            if not queue:
+                continue
+            oldest = queue[0].enqueued_at
+            deadline = oldest + self._max_delay
+            full = self._queued_rows[key] >= self._max_rows
+            if not self._batching or self._closing or full or deadline <= now:
+                if oldest < due_since:
+                    due_key, due_since = key, oldest
+            else:
+                wait = deadline - now
+                next_wait = wait if next_wait is None else min(next_wait, wait)
+        return due_key, next_wait
+
+    def _take(self, key: K) -> list[_Job[T, R]]:
+        """Pop the oldest jobs of ``key`` within the row budget (at least one), dropping cancelled."""
+        queue = self._queues.get(key)
+        jobs: list[_Job[T, R]] = []
+        rows = 0
+        now = asyncio.get_running_loop().time()
+        while queue:
+            job = queue[0]
+            if job.future.done():  # the client went away: do not spend device time on it
+                queue.popleft()
+                self._queued -= 1
+                self._queued_rows[key] -= job.rows
+                continue
+            if jobs and (not self._batching or rows + job.rows > self._max_rows):
+                break
+            queue.popleft()
+            self._queued -= 1
+            self._queued_rows[key] -= job.rows
+            jobs.append(job)
+            rows += job.rows
+            if self._observe_wait is not None:
+                self._observe_wait(now - job.enqueued_at)
+        if queue is not None and not queue:
+            del self._queues[key]
+            del self._queued_rows[key]
+        return jobs
+
+    async def _dispatch(self, key: K, jobs: list[_Job[T, R]]) -> None:
+        try:
+            results = await self._process(key, [job.item for job in jobs])
+            if len(results) != len(jobs):
+                raise RuntimeError(
+                    f"batch function returned {len(results)} results for {len(jobs)}"
+                )
+        except Exception as error:  # the batch function itself failed: every job learns why
+            log.exception("batch of %d requests failed", len(jobs))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
+        else:
+            for job, result in zip(jobs, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+        finally:
+            self._slots.release()
+            self._wakeup.set()

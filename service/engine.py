@@ -1,0 +1,130 @@
+"""The engine: compiled kernels per shape bucket, and the one thread that talks to the device.
+
+All device work (compiling, running, waiting for results) happens on a single executor thread, so
+JAX is never called concurrently and the event loop never blocks on it. The engine is built and
+warmed inside the app's lifespan, never at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import jax
+import numpy as np
+
+from service.buckets import BucketLadder, ShapeBucket
+from service.kernels import CompiledKernels, Derivative, KernelInputs, KernelKey, Static
+from service.operators import AvailableOperator
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BucketNotWarm(Exception):
+    """The kernel was not compiled at warm-up and compiling on demand is turned off."""
+
+
+class Engine:
+    """Owns the executables and the device thread; :meth:`run` is one device call."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        operators: dict[str, AvailableOperator],
+        on_compile: Callable[[KernelKey, float, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.operators = operators
+        self.ladder = BucketLadder(settings.row_buckets, settings.n_buckets)
+        self.limits = settings.limits  # built once: requests read it on the hot path
+        self._on_compile = on_compile
+        self._phase = "warmup"
+        self.kernels = CompiledKernels(operators, on_compile=self._compiled)
+        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topk-device")
+        self.warm = False
+
+    def _compiled(self, key: KernelKey, seconds: float) -> None:
+        log.debug("compiled %s in %.3f s (%s)", key, seconds, self._phase)
+        if self._on_compile is not None:
+            self._on_compile(key, seconds, self._phase)
+
+    def static_for(self, operator: str, **given: Any) -> Static:
+        """The compile-time keywords of ``operator``: the given ones, else the defaults.
+
+        The sparse operator's default ``p`` comes from the settings (the first of ``p_values``),
+        every other default from the core function's signature.
+        """
+        available = self.operators[operator]
+        defaults = dict(available.defaults)
+        if "p" in available.spec.static:
+            defaults["p"] = self.settings.default_p
+        return tuple(
+            (name, given[name] if given.get(name) is not None else defaults[name])
+            for name in sorted(available.spec.static)
+        )
+
+    def warmup_keys(self) -> Iterator[KernelKey]:
+        """Every kernel the settings ask to compile at start-up."""
+        s = self.settings
+        for operator in s.warmup_operators:
+            if operator not in self.operators:
+                log.warning("warm-up skips operator %r: not in this core", operator)
+                continue
+            static = self.static_for(operator)
+            for output in s.warmup_outputs:
+                if output not in self.operators[operator].functions:
+                    continue
+                for derivative in s.warmup_derivatives:
+                    for rows in s.warm_row_buckets:
+                        for n in s.warm_n_buckets:
+                            bucket = ShapeBucket(rows, n)
+                            yield KernelKey(operator, output, derivative, static, bucket)
+
+    async def warm_up(self) -> int:
+        """Compile every warm-up kernel on the device thread, one call each; returns how many.
+
+        One executor call per kernel lets a shutdown cancel between kernels, and lets requests that
+        arrive during warm-up be served in between.
+        """
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        keys = list(self.warmup_keys())
+        for key in keys:
+            await loop.run_in_executor(self._device, self.kernels.get, key)
+        self._phase = "request"
+        self.warm = True
+        log.info("warm-up compiled %d kernels in %.1f s", len(keys), time.perf_counter() - started)
+        return len(keys)
+
+    def _run(self, key: KernelKey, inputs: KernelInputs) -> tuple[tuple[np.ndarray, ...], float]:
+        if key not in self.kernels and self.warm and not self.settings.compile_on_demand:
+            raise BucketNotWarm(f"kernel {key} is not compiled and compile_on_demand is off")
+        executable = self.kernels.get(key)
+        started = time.perf_counter()
+        outputs = executable(*inputs.arguments(key))
+        jax.block_until_ready(outputs)  # device time ends here, not at the (async) dispatch
+        seconds = time.perf_counter() - started
+        return tuple(np.asarray(out) for out in outputs), seconds
+
+    async def run(
+        self, key: KernelKey, inputs: KernelInputs
+    ) -> tuple[tuple[np.ndarray, ...], float]:
+        """One device call of ``key``'s kernel: its outputs as NumPy arrays and the device time."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._device, self._run, key, inputs
+        )
+
+    def derivative_of(self, has_tangent: bool, has_cotangent: bool) -> Derivative:
+        if has_tangent and has_cotangent:
+            return "both"
+        if has_tangent:
+            return "jvp"
+        return "vjp" if has_cotangent else "none"
+
+    def close(self) -> None:
+        self._device.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,114 @@
+"""Prometheus metrics of one app, in the app's own registry (never the global one).
+
+Names follow Prometheus conventions: a ``topk_`` prefix, base units (seconds), ``_total`` counters.
+Latency buckets are finer than the client defaults because a warm kernel answers in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.compile_events import compile_stats
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0,
+)  # fmt: skip
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+class _CompileCollector(Collector):
+    """Exports the process-wide JAX compile counters at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        stats = compile_stats()
+        yield CounterMetricFamily(
+            "topk_xla_compilations",
+            "XLA backend compile requests (including loads from the persistent cache).",
+            value=stats.compilations,
+        )
+        yield CounterMetricFamily(
+            "topk_xla_compile_seconds", "Time spent in XLA backend compiles.", stats.compile_seconds
+        )
+        yield CounterMetricFamily(
+            "topk_jax_cache_hits", "Persistent compilation cache hits.", value=stats.cache_hits
+        )
+        yield CounterMetricFamily(
+            "topk_jax_cache_misses",
+            "Persistent compilation cache misses.",
+            value=stats.cache_misses,
+        )
+
+
+class ServiceMetrics:
+    """Every metric of one app. ``render()`` is the body of ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "topk_requests", "Requests by route and outcome.", ["route", "status"], registry=r
+        )
+        self.rejections = Counter(
+            "topk_rejections", "Refused requests by reason.", ["reason"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "topk_request_duration_seconds",
+            "Time in the server, body read to response bytes.",
+            ["operator"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "topk_queue_duration_seconds",
+            "Time a request waited in the batcher's queue.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_seconds = Histogram(
+            "topk_compute_duration_seconds",
+            "Device time of one batch (until its results are ready).",
+            ["operator", "bucket"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "topk_batch_rows",
+            "Real rows in one device call.",
+            buckets=ROW_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "topk_batch_requests",
+            "Requests coalesced into one device call.",
+            buckets=ROW_BUCKETS,
+            registry=r,
+        )
+        self.padding_ratio = Histogram(
+            "topk_padding_ratio",
+            "Fraction of a device call's entries that are padding.",
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.queued_requests = Gauge(
+            "topk_queued_requests", "Requests waiting in the batcher's queue.", registry=r
+        )
+        self.kernel_compilations = Counter(
+            "topk_kernel_compilations",
+            "Kernels compiled by the engine, by phase (warmup or request).",
+            ["phase"],
+            registry=r,
+        )
+        self.ready = Gauge("topk_ready", "1 when warm and not draining.", registry=r)
+        r.register(_CompileCollector())
+
+    def track_queue_depth(self, depth: Callable[[], int]) -> None:
+        """Read the queue depth at scrape time instead of updating it on every request."""
+        self.queued_requests.set_function(depth)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,59 @@
+"""The batch function of ``POST /v1/topk``: pad on the host, one device call, split on the host.
+
+Host work runs on its own thread (or inline on the event loop when it is tiny, where a thread hop
+would cost more than the work), so it overlaps with the device thread's work on another batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from service.assembly import pad_batch, split_batch
+from service.buckets import ShapeBucket
+from service.engine import Engine
+from service.kernels import KernelKey
+from service.metrics import ServiceMetrics
+from service.prepared import BatchKey, PreparedRequest
+
+INLINE_HOST_ELEMENTS = 16_384  # below this many padded entries, a thread hop costs more than NumPy
+
+V = TypeVar("V")
+
+
+class TopKPipeline:
+    """Runs one batch of prepared requests that share a :class:`BatchKey`."""
+
+    def __init__(self, engine: Engine, metrics: ServiceMetrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topk-host")
+
+    async def _on_host(self, elements: int, function: Callable[..., V], *args: object) -> V:
+        if elements <= INLINE_HOST_ELEMENTS:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._host, function, *args)
+
+    async def __call__(
+        self, key: BatchKey, items: list[PreparedRequest]
+    ) -> Sequence[bytes | BaseException]:
+        real_rows = sum(item.rows for item in items)
+        bucket = ShapeBucket(self.engine.ladder.row_rung(real_rows), key.n)
+        kernel = KernelKey(key.operator, key.output, key.derivative, key.static, bucket)
+        elements = bucket.rows * bucket.n
+        inputs = await self._on_host(elements, pad_batch, items, bucket)
+        outputs, seconds = await self.engine.run(kernel, inputs)
+
+        m = self.metrics
+        m.compute_seconds.labels(key.operator, str(bucket)).observe(seconds)
+        m.batch_rows.observe(real_rows)
+        m.batch_requests.observe(len(items))
+        real_entries = sum(int(item.lengths.sum()) for item in items)
+        m.padding_ratio.observe(1.0 - real_entries / elements)
+        dense = self.engine.operators[key.operator].spec.kind == "dense"
+        return await self._on_host(elements, split_batch, kernel, outputs, items, dense)
+
+    def close(self) -> None:
+        self._host.shutdown(wait=True, cancel_futures=True)

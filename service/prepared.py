@@ -1,0 +1,170 @@
+"""A validated request turned into padded float32/int32 host arrays, plus its batch key.
+
+All checks that could refuse a request happen here, before it is queued, so that a batch only ever
+holds requests that can be computed: one bad request never fails its batch-mates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from api.errors import FieldError
+from api.models import DenseRequest, IsotonicRequest, SoftSortRequest, TopKRequest
+from api.validation import per_row_k, size_errors, validate_dense_request, validate_topk_request
+from service.engine import Engine
+from service.errors import ApiError
+from service.kernels import Derivative, Static
+
+P_TOLERANCE = 1e-9  # 4/3 sent as 1.3333333333333333 or 1.333333333333333 is the same p
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """Requests with equal keys can share a device call: same kernel, same padded row length."""
+
+    operator: str
+    output: str
+    derivative: Derivative
+    static: Static
+    n: int
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """One request's rows, already padded to its ``n`` bucket, with per-row data."""
+
+    key: BatchKey
+    x: np.ndarray  # (rows, n) float32, zero beyond each row's length
+    k: np.ndarray  # (rows,) int32
+    epsilon: np.ndarray  # (rows,) float32
+    lengths: np.ndarray  # (rows,) int32
+    tangent: np.ndarray | None
+    cotangent: np.ndarray | None
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _matrix(rows: list[list[float]], lengths: list[int], n: int, field: str) -> np.ndarray:
+    """Rows padded with zeros to ``n`` columns, as float32; 422 if a value overflows float32."""
+    with np.errstate(over="ignore"):  # overflow is reported below, naming the entry
+        if len(set(lengths)) == 1:
+            dense = np.asarray(rows, dtype=np.float32)
+            matrix = (
+                dense if dense.shape[1] == n else np.pad(dense, ((0, 0), (0, n - dense.shape[1])))
+            )
+        else:
+            matrix = np.zeros((len(rows), n), dtype=np.float32)
+            for i, row in enumerate(rows):
+                matrix[i, : len(row)] = row
+    if not np.isfinite(matrix).all():
+        i, j = np.argwhere(~np.isfinite(matrix))[0]
+        reason = f"{rows[i][j]!r} is not a finite float32 (|value| must be below 3.4e38)"
+        raise ApiError(
+            422, "invalid request", [FieldError(field=f"{field}[{i}][{j}]", reason=reason)]
+        )
+    return np.ascontiguousarray(matrix)
+
+
+def _snap_p(static: Static, engine: Engine) -> Static:
+    """``p`` replaced by the allowed value it equals (each allowed p is its own executable)."""
+    knobs = dict(static)
+    if "p" not in knobs:
+        return static
+    for allowed in engine.settings.p_values:
+        if math.isclose(knobs["p"], allowed, rel_tol=P_TOLERANCE, abs_tol=P_TOLERANCE):
+            knobs["p"] = allowed
+            return tuple(sorted(knobs.items()))
+    allowed_text = ", ".join(repr(v) for v in engine.settings.p_values)
+    reason = f"p={knobs['p']!r} is not one of {allowed_text}"
+    raise ApiError(422, "invalid request", [FieldError(field="p", reason=reason)])
+
+
+def _check_operator(engine: Engine, operator: str, output: str, errors: list[FieldError]) -> None:
+    available = engine.operators.get(operator)
+    if available is None:
+        offered = ", ".join(sorted(engine.operators))
+        reason = f"{operator!r} is not available in this build (offered: {offered})"
+        errors.append(FieldError(field="operator", reason=reason))
+    elif output not in available.functions:
+        offered = ", ".join(available.functions)
+        reason = f"operator {operator!r} has no output {output!r} (offered: {offered})"
+        errors.append(FieldError(field="output", reason=reason))
+
+
+def _layout(
+    engine: Engine,
+    operator: str,
+    output: str,
+    static: Static,
+    request: TopKRequest | DenseRequest,
+    ks: list[int],
+) -> PreparedRequest:
+    lengths = [len(row) for row in request.x]
+    n = engine.ladder.n_rung(max(lengths))
+    rows = len(lengths)
+    epsilon = getattr(request, "epsilon", None)
+    if epsilon is None:
+        epsilon = float(engine.operators[operator].defaults.get("epsilon", 1.0))
+    derivative = engine.derivative_of(request.tangent is not None, request.cotangent is not None)
+    return PreparedRequest(
+        key=BatchKey(operator, output, derivative, static, n),
+        x=_matrix(request.x, lengths, n, "x"),
+        k=np.asarray(ks, dtype=np.int32),
+        epsilon=(
+            np.full(rows, epsilon, dtype=np.float32)
+            if isinstance(epsilon, float)
+            else np.asarray(epsilon, dtype=np.float32)
+        ),
+        lengths=np.asarray(lengths, dtype=np.int32),
+        tangent=None
+        if request.tangent is None
+        else _matrix(request.tangent, lengths, n, "tangent"),
+        cotangent=(
+            None
+            if request.cotangent is None
+            else _matrix(request.cotangent, lengths, n, "cotangent")
+        ),
+    )
+
+
+def prepare_request(request: TopKRequest, engine: Engine) -> PreparedRequest:
+    """Check ``request`` against the server's limits and operators, then lay it out for the device."""
+    limits = engine.limits
+    too_large = size_errors(request, limits)
+    if too_large:
+        raise ApiError(413, "request too large", too_large)
+    errors = validate_topk_request(request, limits)
+    _check_operator(engine, request.operator, request.output, errors)
+    if not errors and engine.operators[request.operator].spec.kind != "topk":
+        errors.append(FieldError(field="operator", reason=f"{request.operator!r} is not a top-k"))
+    if errors:
+        raise ApiError(422, "invalid request", errors)
+    static = engine.static_for(request.operator, p=request.p, solver=request.solver)
+    static = _snap_p(static, engine)
+    return _layout(engine, request.operator, request.output, static, request, per_row_k(request))
+
+
+def prepare_dense_request(operator: str, request: DenseRequest, engine: Engine) -> PreparedRequest:
+    """The same for ``/v1/sort``, ``/v1/rank`` and ``/v1/isotonic`` (one value per entry)."""
+    limits = engine.limits
+    too_large = size_errors(request, limits)
+    if too_large:
+        raise ApiError(413, "request too large", too_large)
+    errors = validate_dense_request(request)
+    if operator not in engine.operators:
+        errors.append(FieldError(field="path", reason=f"{operator!r} is not in this build"))
+    if errors:
+        raise ApiError(404 if operator not in engine.operators else 422, "invalid request", errors)
+    given: dict[str, object]
+    if isinstance(request, SoftSortRequest):
+        given = {"descending": request.descending, "regularization": request.regularization}
+    else:
+        assert isinstance(request, IsotonicRequest)
+        given = {"increasing": request.increasing, "solver": request.solver}
+    static = engine.static_for(operator, **given)
+    return _layout(engine, operator, "values", static, request, [1] * len(request.x))

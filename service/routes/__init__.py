@@ -1,0 +1,1 @@
+"""HTTP routes: ``topk`` (the operators) and ``probes`` (health, readiness, metrics)."""

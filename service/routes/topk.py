@@ -1,0 +1,252 @@
+"""``POST /v1/topk``, the dense operators (``/v1/sort``, ``/v1/rank``, ``/v1/isotonic``) and
+``GET /v1/operators``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from api.errors import ErrorBody, FieldError
+from api.models import (
+    DenseRequest,
+    DenseResponse,
+    IsotonicRequest,
+    OperatorInfo,
+    OperatorsResponse,
+    ParameterInfo,
+    SoftSortRequest,
+    TopKRequest,
+    TopKResponse,
+)
+from service.batcher import BatcherClosed, QueueFull
+from service.body import check_json_content_type, read_capped_body
+from service.engine import BucketNotWarm
+from service.errors import ApiError, field_errors
+from service.prepared import PreparedRequest, prepare_dense_request, prepare_request
+from service.runtime import ServiceRuntime
+
+router = APIRouter(tags=["topk"])
+
+INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
+
+_REQUEST_SCHEMA = TopKRequest.model_json_schema()
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (413, "Body, rows or row length beyond the limits of GET /v1/operators."),
+        (415, "Content-Type is not application/json."),
+        (422, "A field is invalid; the body names it and says why."),
+        (503, "Queue full, warming or draining; retry after the Retry-After header."),
+    )
+}
+
+
+def runtime_of(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+def _parse(body: bytes, model: type[Any]) -> Any:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise ApiError(422, "invalid request", field_errors(error)) from None
+
+
+def _unavailable(runtime: ServiceRuntime, reason: str, why: str) -> ApiError:
+    runtime.metrics.rejections.labels(reason).inc()
+    return ApiError(
+        503,
+        "service unavailable",
+        [FieldError(field="request", reason=why)],
+        headers={"Retry-After": str(runtime.settings.retry_after_seconds)},
+    )
+
+
+async def _answer(
+    request: Request,
+    runtime: ServiceRuntime,
+    model: type[Any],
+    prepare: Callable[[Any], PreparedRequest],
+) -> tuple[bytes, str]:
+    """Read, parse and check the body, queue it, and wait for its own answer (and operator)."""
+    check_json_content_type(request)
+    body = await read_capped_body(request, runtime.settings.max_body_bytes)
+    if len(body) <= INLINE_PARSE_BYTES:
+        prepared = prepare(_parse(body, model))
+    else:
+        loop = asyncio.get_running_loop()
+        parsed = await loop.run_in_executor(None, _parse, body, model)
+        prepared = await loop.run_in_executor(None, prepare, parsed)
+    if runtime.state in ("draining", "stopped"):
+        raise _unavailable(runtime, "draining", "the server is shutting down")
+    try:
+        payload = await runtime.batcher.submit(prepared.key, prepared, prepared.rows)
+    except QueueFull as error:
+        raise _unavailable(runtime, "queue_full", str(error)) from None
+    except BatcherClosed as error:
+        raise _unavailable(runtime, "draining", str(error)) from None
+    except BucketNotWarm as error:
+        raise _unavailable(runtime, "not_warm", str(error)) from None
+    return payload, prepared.key.operator
+
+
+async def _serve(
+    request: Request,
+    route: str,
+    model: type[Any],
+    prepare: Callable[[Any], PreparedRequest],
+) -> Response:
+    """One answer with its metrics: status counts for every request, latency for the 200s."""
+    runtime = runtime_of(request)
+    started = time.perf_counter()
+    status, operator = 500, "unknown"
+    try:
+        payload, operator = await _answer(request, runtime, model, prepare)
+        status = 200
+        return Response(payload, media_type="application/json")
+    except ApiError as error:
+        status = error.status
+        if status in (413, 415, 422):
+            runtime.metrics.rejections.labels(f"http_{status}").inc()
+        raise
+    finally:
+        runtime.metrics.requests.labels(route, str(status)).inc()
+        if status == 200:
+            runtime.metrics.request_seconds.labels(operator).observe(time.perf_counter() - started)
+
+
+@router.post(
+    "/v1/topk",
+    summary="Top-k of each row, with optional JVP/VJP",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _REQUEST_SCHEMA}},
+        }
+    },
+    responses={200: {"model": TopKResponse}, **_ERRORS},
+    response_class=Response,
+)
+async def topk(request: Request) -> Response:
+    """Sparse, soft or hard top-k of each row of ``x``; the answer lists each row's support.
+
+    The body is parsed and checked in full before the request is queued, so a bad request is
+    refused alone (4xx naming the field) and never affects the requests batched with it.
+    """
+    engine = runtime_of(request).engine
+
+    def prepare(parsed: TopKRequest) -> PreparedRequest:
+        return prepare_request(parsed, engine)
+
+    return await _serve(request, "/v1/topk", TopKRequest, prepare)
+
+
+def _dense_endpoint(operator: str, model: type[DenseRequest]) -> Callable[..., Any]:
+    async def endpoint(request: Request) -> Response:
+        engine = runtime_of(request).engine
+
+        def prepare(parsed: DenseRequest) -> PreparedRequest:
+            return prepare_dense_request(operator, parsed, engine)
+
+        return await _serve(request, f"/v1/{operator}", model, prepare)
+
+    endpoint.__name__ = operator
+    endpoint.__doc__ = (
+        f"{operator.capitalize()} of each row of ``x``, one value per entry, with optional "
+        "JVP (``tangent``) and VJP (``cotangent``). 404 if this build's core lacks it."
+    )
+    return endpoint
+
+
+DENSE_ROUTES: tuple[tuple[str, type[DenseRequest]], ...] = (
+    ("sort", SoftSortRequest),
+    ("rank", SoftSortRequest),
+    ("isotonic", IsotonicRequest),
+)
+
+for _name, _model in DENSE_ROUTES:
+    router.add_api_route(
+        f"/v1/{_name}",
+        _dense_endpoint(_name, _model),
+        methods=["POST"],
+        summary=f"Soft {_name}" if _name != "isotonic" else "Isotonic regression",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _model.model_json_schema()}},
+            }
+        },
+        responses={200: {"model": DenseResponse}, **_ERRORS},
+        response_class=Response,
+    )
+
+
+ALLOWED: dict[tuple[str, str], list[float | int | str]] = {
+    ("sparse", "solver"): ["auto", "threshold", "pav", "dykstra"],
+    ("sort", "regularization"): ["l2", "kl"],
+    ("rank", "regularization"): ["l2", "kl"],
+    ("isotonic", "solver"): ["pav", "dykstra"],
+}
+
+
+def operators_response(runtime: ServiceRuntime) -> OperatorsResponse:
+    """What this server computes, with defaults read from the core and limits from the settings."""
+    s = runtime.settings
+    infos = []
+    for name, available in runtime.operators.items():
+        spec, defaults = available.spec, available.defaults
+        parameters = []
+        if spec.takes_k:
+            parameters.append(
+                ParameterInfo(name="k", type="int | list[int]", description="1 <= k <= row length")
+            )
+        if spec.takes_epsilon:
+            parameters.append(
+                ParameterInfo(
+                    name="epsilon",
+                    type="float | list[float]",
+                    default=defaults.get("epsilon"),
+                    description="> 0; one per row allowed",
+                )
+            )
+        for knob in spec.static:
+            if knob == "p":
+                parameters.append(
+                    ParameterInfo(
+                        name="p", type="float", default=s.default_p, allowed=list(s.p_values)
+                    )
+                )
+                continue
+            default = defaults.get(knob)
+            parameters.append(
+                ParameterInfo(
+                    name=knob,
+                    type=type(default).__name__,
+                    default=default,
+                    allowed=ALLOWED.get((name, knob)),
+                )
+            )
+        route = "/v1/topk" if spec.kind == "topk" else f"/v1/{name}"
+        infos.append(
+            OperatorInfo(
+                name=name,
+                route=route,
+                outputs=list(available.functions),
+                parameters=parameters,
+                description=spec.description,
+            )
+        )
+    return OperatorsResponse(operators=infos, limits=s.limits)
+
+
+@router.get("/v1/operators", response_model=OperatorsResponse, summary="Operators and limits")
+async def operators(request: Request) -> OperatorsResponse:
+    """Operators, their outputs, parameters, defaults, and the size limits of this server."""
+    return operators_response(runtime_of(request))

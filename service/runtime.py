@@ -1,0 +1,123 @@
+"""Everything one running app owns, started and stopped by its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import Literal
+
+from service.batcher import Batcher
+from service.compile_events import start_counting
+from service.engine import Engine
+from service.jax_setup import enable_persistent_cache
+from service.kernels import KernelKey
+from service.metrics import ServiceMetrics
+from service.operators import AvailableOperator, available_operators
+from service.pipeline import TopKPipeline
+from service.prepared import BatchKey, PreparedRequest
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+State = Literal["starting", "warming", "ready", "failed", "draining", "stopped"]
+
+
+class ServiceRuntime:
+    """Settings, metrics, engine, batcher and readiness of one app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.operators: dict[str, AvailableOperator] = available_operators()
+        self.state: State = "starting"
+        self.failure: str | None = None
+        self._engine: Engine | None = None
+        self._pipeline: TopKPipeline | None = None
+        self._batcher: Batcher[BatchKey, PreparedRequest, bytes] | None = None
+        self._warmup: asyncio.Task[None] | None = None
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the engine starts with the app's lifespan")
+        return self._engine
+
+    @property
+    def batcher(self) -> Batcher[BatchKey, PreparedRequest, bytes]:
+        if self._batcher is None:
+            raise RuntimeError("the batcher starts with the app's lifespan")
+        return self._batcher
+
+    def _on_compile(self, key: KernelKey, seconds: float, phase: str) -> None:
+        self.metrics.kernel_compilations.labels(phase).inc()
+        if phase == "request":
+            log.warning("compiled %s on the request path (%.2f s)", key, seconds)
+
+    async def start(self) -> None:
+        """Configure JAX, build the engine and the batcher, and start warming up in the background.
+
+        The port is bound meanwhile; ``/readyz`` stays 503 until every warm-up kernel is compiled.
+        """
+        s = self.settings
+        start_counting()
+        enable_persistent_cache(s.compilation_cache_dir)
+        self._engine = Engine(s, self.operators, on_compile=self._on_compile)
+        self._pipeline = TopKPipeline(self._engine, self.metrics)
+        self._batcher = Batcher(
+            self._pipeline,
+            max_batch_rows=s.max_batch_rows,
+            max_delay=s.max_queue_delay_ms / 1000.0,
+            max_queued=s.max_queued_requests,
+            max_concurrent_batches=s.max_concurrent_batches,
+            batching=s.batching,
+            observe_wait=self.metrics.queue_seconds.observe,
+        )
+        self.metrics.track_queue_depth(lambda: self.batcher.depth)
+        self._batcher.start()
+        self.state = "warming"
+        self._warmup = asyncio.get_running_loop().create_task(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        try:
+            await self.engine.warm_up()
+        except Exception as error:  # readiness reports it; liveness stays up for inspection
+            log.exception("warm-up failed")
+            self.failure = f"{type(error).__name__}: {error}"
+            self.state = "failed"
+        else:
+            # Everything alive now (JAX, XLA executables, modules) lives as long as the process: move
+            # it out of the collector's sight, so that full collections triggered by per-request
+            # garbage do not rescan it (those scans were the largest source of tail latency).
+            gc.freeze()
+            if self.state == "warming":
+                self.state = "ready"
+
+    async def wait_ready(self) -> None:
+        """Wait for the warm-up to end (tests and the bench use it)."""
+        if self._warmup is not None:
+            await asyncio.shield(self._warmup)
+
+    def begin_drain(self) -> None:
+        """Readiness goes false first, so that load balancers stop routing here."""
+        if self.state != "stopped":
+            self.state = "draining"
+
+    async def stop(self) -> None:
+        """Drain: refuse new requests, finish the queued ones, then stop the threads."""
+        self.begin_drain()
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+            await asyncio.gather(self._warmup, return_exceptions=True)
+        if self._batcher is not None:
+            await self._batcher.close(drain=True)
+        if self._pipeline is not None:
+            self._pipeline.close()
+        if self._engine is not None:
+            self._engine.close()
+        self.state = "stopped"

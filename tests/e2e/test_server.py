@@ -1,0 +1,152 @@
+"""``python -m service`` in its own process on a free port, driven over real HTTP.
+
+Concurrent requests of mixed shapes, operators and outputs are checked against the core called
+directly in this process; the persistent compilation cache must have been written; SIGTERM must
+drain and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jax
+import numpy as np
+import pytest
+
+import core
+from api.client import AsyncTopKClient
+from api.models import TopKResponse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, cache: Path) -> None:
+        self.process, self.url, self.cache = process, url, cache
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    cache = tmp_path_factory.mktemp("jax-cache")
+    port = free_port()
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
+        "PYTHONPATH": str(ROOT),
+        "TOPK_ROW_BUCKETS": "2,8",  # a short ladder keeps the warm-up to 8 kernels
+        "TOPK_N_BUCKETS": "16,32",
+        "TOPK_MAX_ROWS": "4",
+        "TOPK_MAX_N": "32",
+        "TOPK_MAX_K": "32",
+        "TOPK_MAX_BATCH_ROWS": "8",
+        "TOPK_WARMUP_OPERATORS": "sparse,hard",
+        "TOPK_COMPILATION_CACHE_DIR": str(cache),
+        "TOPK_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=environment,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, "the server exited during start-up"
+            assert time.monotonic() < deadline, "the server did not get ready in 180 s"
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield Server(process, url, cache)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@jax.jit
+def sparse_reference(x: jax.Array, k: jax.Array, epsilon: jax.Array) -> jax.Array:
+    return core.sparse_topk_mask(x, k, epsilon=epsilon)
+
+
+@jax.jit
+def hard_reference(x: jax.Array, k: jax.Array) -> jax.Array:
+    return core.hard_topk_mask(x, k)
+
+
+def reference(operator: str, x: np.ndarray, k: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
+    """The core on each row alone, unpadded (one compilation per distinct row length)."""
+    rows = []
+    for row, k_row, eps_row in zip(x, k, epsilon, strict=True):
+        if operator == "sparse":
+            rows.append(sparse_reference(row, k_row, eps_row))
+        else:
+            rows.append(hard_reference(row, k_row))
+    return np.asarray(rows)
+
+
+def test_concurrent_mixed_requests_match_the_core(server: Server) -> None:
+    rng = np.random.default_rng(7)
+    cases = []
+    for i in range(48):
+        rows = int(rng.integers(1, 5))
+        n = int(rng.choice([5, 12, 30]))
+        x = rng.normal(size=(rows, n)).astype(np.float32)
+        k = rng.integers(1, n + 1, size=rows).astype(np.int32)
+        epsilon = rng.choice(np.array([0.05, 0.3, 1.0], np.float32), size=rows)
+        cases.append(("sparse" if i % 4 else "hard", x, k, epsilon))
+
+    async def send_all() -> list[TopKResponse]:
+        async with AsyncTopKClient(server.url, timeout=120) as client:
+            return await asyncio.gather(
+                *(
+                    client.topk(
+                        x.tolist(),
+                        k.tolist(),
+                        operator=operator,
+                        epsilon=epsilon.tolist() if operator == "sparse" else None,
+                    )
+                    for operator, x, k, epsilon in cases
+                )
+            )
+
+    answers = asyncio.run(send_all())
+    for (operator, x, k, epsilon), answer in zip(cases, answers, strict=True):
+        want = reference(operator, x, k, epsilon)
+        got = np.array([row.dense() for row in answer.rows], np.float32)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert [row.k for row in answer.rows] == k.tolist()
+        assert [row.n for row in answer.rows] == [x.shape[1]] * x.shape[0]
+
+
+def test_the_persistent_compilation_cache_was_written(server: Server) -> None:
+    assert any(path.is_file() for path in server.cache.rglob("*"))
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "topk_jax_cache_misses_total" in metrics
+
+
+def test_sigterm_drains_and_exits_cleanly(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is a clean exit too.
+    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)

@@ -1,0 +1,79 @@
+"""A real uvicorn server on a free 127.0.0.1 port, in a thread of the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import uvicorn
+
+from service import Settings, create_app
+from service.runtime import ServiceRuntime
+
+# Small ladders keep warm-up to a few seconds; tests that need more compile on demand.
+SMALL = {
+    "row_buckets": (1, 2, 4, 8),
+    "n_buckets": (16, 32, 64),
+    "max_rows": 8,
+    "max_n": 64,
+    "max_k": 64,
+    "max_batch_rows": 8,
+    "warmup_row_buckets": (1, 2, 4),
+    "warmup_n_buckets": (16, 32),
+    "warmup_operators": ("sparse", "hard"),
+    "warmup_outputs": ("mask",),
+    "warmup_derivatives": ("none",),
+    "compilation_cache_dir": "",
+}
+
+
+def small_settings(**overrides: object) -> Settings:
+    return Settings.from_env({}, **{**SMALL, **overrides})
+
+
+class ServerThread:
+    """``with ServerThread(settings) as server:`` serves at ``server.url`` until the block ends."""
+
+    def __init__(self, settings: Settings, wait_ready: bool = True) -> None:
+        self.app = create_app(settings)
+        self.runtime: ServiceRuntime = self.app.state.runtime
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="uvicorn-test", daemon=True)
+        self._wait_ready = wait_ready
+
+    def _serve(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self._socket]))
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        while self._wait_ready and not self.runtime.ready:
+            if time.monotonic() > deadline or self.runtime.state == "failed":
+                raise RuntimeError(f"the test server did not get ready: {self.runtime.failure}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=60)
+        with contextlib.suppress(OSError):
+            self._socket.close()
+
+
+@contextlib.contextmanager
+def serving(**overrides: object) -> Iterator[ServerThread]:
+    with ServerThread(small_settings(**overrides)) as server:
+        yield server

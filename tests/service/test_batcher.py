@@ -1,0 +1,214 @@
+"""The batcher alone, in plain asyncio (no JAX, no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from service.batcher import Batcher, BatcherClosed, QueueFull
+
+
+class Recorder:
+    """A batch function that records its batches and answers ``item * 10`` (or an error)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[tuple[str, list[int]]] = []
+        self.delay = delay
+
+    async def __call__(self, key: str, items: list[int]) -> Sequence[int | BaseException]:
+        self.batches.append((key, list(items)))
+        await asyncio.sleep(self.delay)
+        return [ValueError(f"bad {i}") if i < 0 else i * 10 for i in items]
+
+
+def make(recorder: Recorder, **options: object) -> Batcher[str, int, int]:
+    settings: dict[str, object] = {"max_batch_rows": 8, "max_delay": 0.05, "max_queued": 100}
+    settings.update(options)
+    return Batcher(recorder, **settings)  # type: ignore[arg-type]
+
+
+def test_a_single_request_runs_alone_after_the_delay() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = make(recorder, max_delay=0.02)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await batcher.submit("a", 3) == 30
+        assert loop.time() - started >= 0.015
+        assert recorder.batches == [("a", [3])]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_concurrent_requests_with_one_key_share_a_batch_and_keep_their_results() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = make(recorder)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit("a", i) for i in range(5)))
+        assert results == [0, 10, 20, 30, 40]
+        assert recorder.batches == [("a", [0, 1, 2, 3, 4])]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_full_row_budget_sends_at_once_without_waiting_for_the_delay() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = make(recorder, max_delay=10.0, max_batch_rows=4)
+        batcher.start()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(batcher.submit("a", i, rows=2) for i in range(4))), timeout=2
+        )
+        assert results == [0, 10, 20, 30]
+        assert [items for _, items in recorder.batches] == [[0, 1], [2, 3]]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_keys_never_mix() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = make(recorder)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit("ab"[i % 2], i) for i in range(6)))
+        assert sorted(recorder.batches) == [("a", [0, 2, 4]), ("b", [1, 3, 5])]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_one_bad_item_fails_alone() -> None:
+    async def main() -> None:
+        batcher = make(Recorder())
+        batcher.start()
+        results = await asyncio.gather(
+            batcher.submit("a", 1), batcher.submit("a", -1), batcher.submit("a", 2),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert results[0] == 10
+        assert results[2] == 20
+        assert isinstance(results[1], ValueError)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_batch_function_fails_every_item_of_that_batch_only() -> None:
+    async def broken(key: str, items: list[int]) -> Sequence[int | BaseException]:
+        if key == "broken":
+            raise RuntimeError("device lost")
+        return list(items)
+
+    async def main() -> None:
+        batcher: Batcher[str, int, int] = Batcher(
+            broken, max_batch_rows=8, max_delay=0.01, max_queued=10
+        )
+        batcher.start()
+        results = await asyncio.gather(
+            batcher.submit("broken", 1), batcher.submit("broken", 2), batcher.submit("fine", 3),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert [type(r) for r in results[:2]] == [RuntimeError, RuntimeError]
+        assert results[2] == 3
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    async def main() -> None:
+        batcher = make(Recorder(), max_delay=10.0, max_queued=2, max_batch_rows=100)
+        batcher.start()
+        waiting = [asyncio.ensure_future(batcher.submit("a", i)) for i in range(2)]
+        await asyncio.sleep(0)
+        assert batcher.depth == 2
+        with pytest.raises(QueueFull):
+            await batcher.submit("a", 9)
+        await batcher.close(drain=True)  # draining sends the queued ones without the delay
+        assert [await w for w in waiting] == [0, 10]
+
+    asyncio.run(main())
+
+
+def test_without_batching_every_request_is_its_own_batch() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = make(recorder, batching=False, max_delay=10.0)
+        batcher.start()
+        assert await asyncio.gather(*(batcher.submit("a", i) for i in range(3))) == [0, 10, 20]
+        assert [items for _, items in recorder.batches] == [[0], [1], [2]]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_requests_queued_while_the_slots_are_busy_go_together() -> None:
+    async def main() -> None:
+        recorder = Recorder(delay=0.05)
+        batcher = make(recorder, max_delay=0.0, max_concurrent_batches=1)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("a", 0))
+        await asyncio.sleep(0.01)  # the first batch is running now
+        rest = await asyncio.gather(*(batcher.submit("a", i) for i in range(1, 4)))
+        assert await first == 0
+        assert rest == [10, 20, 30]
+        assert [items for _, items in recorder.batches] == [[0], [1, 2, 3]]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_request_is_dropped_before_dispatch() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = make(recorder, max_delay=0.05)
+        batcher.start()
+        gone = asyncio.ensure_future(batcher.submit("a", 1))
+        kept = asyncio.ensure_future(batcher.submit("a", 2))
+        await asyncio.sleep(0)
+        gone.cancel()
+        assert await kept == 20
+        assert recorder.batches == [("a", [2])]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_close_without_drain_fails_the_queued_requests_and_refuses_new_ones() -> None:
+    async def main() -> None:
+        batcher = make(Recorder(), max_delay=10.0)
+        batcher.start()
+        waiting = asyncio.ensure_future(batcher.submit("a", 1))
+        await asyncio.sleep(0)
+        await batcher.close(drain=False)
+        with pytest.raises(BatcherClosed):
+            await waiting
+        with pytest.raises(BatcherClosed):
+            await batcher.submit("a", 2)
+
+    asyncio.run(main())
+
+
+def test_a_batch_function_returning_the_wrong_count_fails_the_batch() -> None:
+    async def short(key: str, items: list[int]) -> Sequence[int | BaseException]:
+        return items[:-1]
+
+    async def main() -> None:
+        batcher: Batcher[str, int, int] = Batcher(
+            short, max_batch_rows=8, max_delay=0.01, max_queued=9
+        )
+        batcher.start()
+        results = await asyncio.gather(
+            batcher.submit("a", 1), batcher.submit("a", 2), return_exceptions=True
+        )
+        assert all(isinstance(r, RuntimeError) for r in results)
+        await batcher.close()
+
+    asyncio.run(main())
