@@ -123,6 +123,7 @@ def _topk_mask(scores: ArrayLike, k: ArrayLike, lengths: ArrayLike | None) -> Ar
     return selected.astype(scores.dtype)
 
 
+@jax.jit
 def hard_topk_mask(x: ArrayLike, k: ArrayLike, *, lengths: ArrayLike | None = None) -> Array:
     r"""Indicator of the ``k`` largest entries of each row: ``argmax_{y in P(1_k)} <y, x>``.
 
@@ -143,12 +144,14 @@ def hard_topk_mask(x: ArrayLike, k: ArrayLike, *, lengths: ArrayLike | None = No
     return _topk_mask(x, k, lengths)
 
 
+@jax.jit
 def hard_topk_values(x: ArrayLike, k: ArrayLike, *, lengths: ArrayLike | None = None) -> Array:
     """``x * hard_topk_mask(x, k)``: the k largest values in place, zeros elsewhere."""
     x = as_float_array(x)
     return x * _topk_mask(x, k, lengths)
 
 
+@jax.jit
 def hard_topk_magnitude(x: ArrayLike, k: ArrayLike, *, lengths: ArrayLike | None = None) -> Array:
     """``x * hard_topk_mask(|x|, k)``: the k entries largest in magnitude, signs kept (pruning)."""
     x = as_float_array(x)

@@ -413,6 +413,7 @@ def _isotonic_jvp(
     return values, jnp.where(valid, dv, 0)
 
 
+@functools.partial(jax.jit, static_argnames=("increasing", "solver"))
 def isotonic_regression(
     y: ArrayLike,
     *,

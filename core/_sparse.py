@@ -168,6 +168,7 @@ def _prepare(
     return x_, row_k(x_, k, lengths_), row_param(x_, epsilon), lengths_
 
 
+@functools.partial(jax.jit, static_argnames=("p", "solver"))
 def sparse_topk_mask(
     x: ArrayLike,
     k: ArrayLike,
@@ -207,6 +208,7 @@ def sparse_topk_mask(
     return _mask(x_, k_, eps_, lengths_, float(p), str(solver))
 
 
+@functools.partial(jax.jit, static_argnames=("p", "solver"))
 def sparse_topk_values(
     x: ArrayLike,
     k: ArrayLike,
@@ -225,6 +227,7 @@ def sparse_topk_values(
     return x_ * sparse_topk_mask(x_, k, epsilon=epsilon, p=p, solver=solver, lengths=lengths)
 
 
+@functools.partial(jax.jit, static_argnames=("p", "solver"))
 def sparse_topk_magnitude(
     x: ArrayLike,
     k: ArrayLike,
