@@ -49,12 +49,23 @@ class DykstraSolution(NamedTuple):
     converged: Array
 
 
+# Scalar-index reads and writes as dynamic (update-)slices rather than gather/scatter. Known issue:
+# XLA's CPU backend still copies three full-length loop buffers per step (see the HLO's `copy`
+# ops), so a PAV step costs O(n) instead of O(1) and long rows are quadratic.
+def _at(leaf: Array, index: Array) -> Array:
+    return jax.lax.dynamic_index_in_dim(leaf, index, axis=0, keepdims=False)
+
+
 def _take(tree: Stats, index: Array) -> Stats:
-    return jax.tree.map(lambda leaf: leaf[index], tree)
+    return jax.tree.map(lambda leaf: _at(leaf, index), tree)
+
+
+def _set(leaf: Array, index: Array, value: Array) -> Array:
+    return jax.lax.dynamic_update_index_in_dim(leaf, value.astype(leaf.dtype), index, axis=0)
 
 
 def _put(tree: Stats, index: Array, item: Stats) -> Stats:
-    return jax.tree.map(lambda leaf, new: leaf.at[index].set(new), tree, item)
+    return jax.tree.map(lambda leaf, new: _set(leaf, index, new), tree, item)
 
 
 def pav_decreasing(
@@ -87,8 +98,8 @@ def pav_decreasing(
         iterations: Array
 
     def violated(s: State) -> Array:
-        left = s.values[jnp.maximum(s.top - 2, 0)]
-        right = s.values[jnp.maximum(s.top - 1, 0)]
+        left = _at(s.values, jnp.maximum(s.top - 2, 0))
+        right = _at(s.values, jnp.maximum(s.top - 1, 0))
         return (s.top >= 2) & (left <= right)
 
     def unfinished(s: State) -> Array:
@@ -103,13 +114,13 @@ def pav_decreasing(
         pushed = _take(singleton_stats, entry)
         slot = jnp.where(merge_now, left, jnp.minimum(s.top, n - 1))
         new_stats = jax.tree.map(lambda m, p: jnp.where(merge_now, m, p), merged, pushed)
-        new_value = jnp.where(merge_now, block_value(merged), singleton_values[entry])
-        new_start = jnp.where(merge_now, s.starts[left], entry)
+        new_value = jnp.where(merge_now, block_value(merged), _at(singleton_values, entry))
+        new_start = jnp.where(merge_now, _at(s.starts, left), entry)
         return State(
             next_entry=jnp.where(merge_now, s.next_entry, s.next_entry + 1),
             top=jnp.where(merge_now, s.top - 1, s.top + 1),
-            values=s.values.at[slot].set(new_value),
-            starts=s.starts.at[slot].set(new_start),
+            values=_set(s.values, slot, new_value),
+            starts=_set(s.starts, slot, new_start),
             stats=_put(s.stats, slot, new_stats),
             iterations=s.iterations + 1,
         )
