@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+LOAD_ARGS ?= --scenario mixed --duration 60
 
-.PHONY: install run test test-slow lint format bench bench-service clean
+.PHONY: install run test test-slow lint format bench bench-service load clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,9 @@ bench: install
 
 bench-service: install
 	$(PY) bench/service.py
+
+load: install
+	JAX_PLATFORMS=cpu $(PY) load/run.py $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

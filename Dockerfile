@@ -1,0 +1,48 @@
+# topk-service image: `docker build -t topk-service .` (CPU JAX), or for NVIDIA GPUs
+# `docker build --build-arg JAX_EXTRA=cuda12 -t topk-service:cuda .` and run with `--gpus 1`.
+# One container = one server process = one accelerator; scale out with more containers.
+
+ARG PYTHON_VERSION=3.11
+
+# ---- build: wheels for the app and its dependencies (compilers and caches stay here) ----
+FROM python:${PYTHON_VERSION}-slim AS build
+# "" installs the CPU jaxlib; "cuda12" installs jax[cuda12] (CUDA/cuDNN from pip wheels).
+ARG JAX_EXTRA=""
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY api ./api
+COPY core ./core
+COPY service ./service
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --upgrade pip \
+ && /opt/venv/bin/pip install . \
+ && if [ -n "$JAX_EXTRA" ]; then /opt/venv/bin/pip install "jax[${JAX_EXTRA}]"; fi
+
+# ---- runtime: the venv only, a non-root user, no build tools ----
+FROM python:${PYTHON_VERSION}-slim AS runtime
+ARG JAX_EXTRA=""
+RUN groupadd --system topk && useradd --system --gid topk --create-home --home-dir /home/topk topk \
+ && mkdir -p /var/cache/topk-service/jax && chown -R topk:topk /var/cache/topk-service
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TOPK_HOST=0.0.0.0 \
+    TOPK_PORT=8000 \
+    TOPK_COMPILATION_CACHE_DIR=/var/cache/topk-service/jax
+# CPU unless built for CUDA; override at run time with -e JAX_PLATFORMS=...
+ENV JAX_PLATFORMS=${JAX_EXTRA:+cuda}
+ENV JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+# Compiled executables survive restarts here, so a new container warms up from the cache.
+# The cache is trusted code: mount a volume private to this service, never a shared one.
+VOLUME ["/var/cache/topk-service/jax"]
+USER topk
+WORKDIR /home/topk
+EXPOSE 8000
+# Liveness only (/healthz never touches the device); orchestrators route on /readyz instead.
+# start-period covers the warm-up compile of the bucket ladder on a cold cache.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=300s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('TOPK_PORT', '8000')}/healthz\", timeout=2)"]
+# Exec form: the server is PID 1 and gets SIGTERM, so it drains before the container stops.
+ENTRYPOINT ["python", "-m", "service"]
