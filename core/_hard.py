@@ -13,10 +13,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import Array
-from jax.scipy.special import ndtri
 from jax.typing import ArrayLike
 
-from core._rows import as_float_array, row_k, row_lengths, valid_entries
+from core._rows import as_float_array, normal_upper_quantile, row_k, row_lengths, valid_entries
 
 
 def _ordered_keys(x: Array) -> Array:
@@ -97,15 +96,6 @@ def _kth_largest_key(keys: Array, valid: Array, k: Array, first_guess: Array) ->
     return final.lo
 
 
-def _quantile_guess(scores: Array, valid: Array, k: Array) -> Array:
-    """The ``1 - k/n`` quantile of a normal fit to each row: where the k-th largest usually is."""
-    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(scores.dtype)
-    mean = jnp.sum(jnp.where(valid, scores, 0), axis=-1) / count
-    var = jnp.sum(jnp.where(valid, (scores - mean[..., None]) ** 2, 0), axis=-1) / count
-    tail = jnp.clip((k.astype(scores.dtype) - 0.5) / count, 1e-7, 1 - 1e-7)
-    return mean + jnp.sqrt(var) * ndtri(1 - tail)
-
-
 def _topk_mask(scores: ArrayLike, k: ArrayLike, lengths: ArrayLike | None) -> Array:
     scores = jax.lax.stop_gradient(as_float_array(scores))
     lengths_ = row_lengths(scores, lengths)
@@ -113,7 +103,7 @@ def _topk_mask(scores: ArrayLike, k: ArrayLike, lengths: ArrayLike | None) -> Ar
     k_ = row_k(scores, k, lengths_)
     keys = _ordered_keys(scores)
     k_at_least_one = jnp.maximum(k_, 1)
-    guess = _quantile_guess(scores, valid, k_at_least_one)
+    guess = normal_upper_quantile(scores, valid, k_at_least_one - 0.5)
     kth = _kth_largest_key(keys, valid, k_at_least_one, guess)[..., None]
     above = valid & (keys > kth)
     at = valid & (keys == kth)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import Array
+from jax.scipy.special import ndtri
 from jax.typing import ArrayLike
 
 
@@ -50,3 +51,16 @@ def safe_divide(numerator: Array, denominator: Array) -> Array:
     """``numerator / denominator``, and 0 where the denominator is 0 (double-``where`` guard)."""
     nonzero = denominator != 0
     return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1), 0)
+
+
+def normal_upper_quantile(x: Array, valid: Array, rank: Array) -> Array:
+    """Where the ``rank``-th largest real entry of each row would be if the row were normal.
+
+    The ``1 - rank/n`` quantile of a normal fit (mean and variance over the real entries): a cheap
+    first guess for the selection-type solvers, which stay exact for any data.
+    """
+    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(x.dtype)
+    mean = jnp.sum(jnp.where(valid, x, 0), axis=-1) / count
+    var = jnp.sum(jnp.where(valid, (x - mean[..., None]) ** 2, 0), axis=-1) / count
+    tail = jnp.clip(rank.astype(x.dtype) / count, 1e-7, 1 - 1e-7)
+    return mean + jnp.sqrt(var) * ndtri(1 - tail)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.scipy.special import ndtri
 
-from core._rows import safe_divide
+from core._rows import normal_upper_quantile, safe_divide
 
 
 class ThresholdSolution(NamedTuple):
@@ -164,10 +164,7 @@ def _quantile_guess(a: Array, valid: Array, k: Array, eps: Array, magnitude: boo
         sigma = jnp.sqrt(jnp.sum(jnp.where(valid, a * a, 0), axis=-1) / count)
         tail = jnp.clip((kf + 0.5) / (2 * count), 1e-7, 0.5)
         return sigma * ndtri(1 - tail)
-    mean = jnp.sum(jnp.where(valid, a, 0), axis=-1) / count
-    var = jnp.sum(jnp.where(valid, (a - mean[..., None]) ** 2, 0), axis=-1) / count
-    tail = jnp.clip((kf + 0.5) / count, 1e-7, 1 - 1e-7)
-    return mean + jnp.sqrt(var) * ndtri(1 - tail) - 0.5 * eps
+    return normal_upper_quantile(a, valid, kf + 0.5) - 0.5 * eps
 
 
 def solve_threshold(
