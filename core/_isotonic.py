@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from core._rows import as_float_array, row_lengths, safe_divide, valid_entries
+from core._rows import as_float_array, descending_order, row_lengths, safe_divide, valid_entries
 from core._threshold import cubic_block_root, exponent
 
 Stats = Any  # a pytree of arrays whose leading axis indexes blocks (or entries)
@@ -333,7 +333,7 @@ def sorted_threshold(
     contains ranks ``k`` and ``k + 1``, and without pooling that entry is a zero singleton.
     """
     r = exponent(p)
-    order = jnp.argsort(jnp.where(valid, -a, jnp.inf), axis=-1, stable=True)
+    order = descending_order(a, valid)
     s = jnp.take_along_axis(jnp.where(valid, a, 0), order, axis=-1)
     s_valid = jnp.take_along_axis(valid, order, axis=-1)
     rank = jnp.arange(a.shape[-1], dtype=jnp.int32)

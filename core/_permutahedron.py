@@ -28,7 +28,14 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from core._isotonic import PavSolution, isotonic_regression, pav_decreasing
-from core._rows import as_float_array, row_lengths, row_param, safe_divide, valid_entries
+from core._rows import (
+    as_float_array,
+    descending_order,
+    row_lengths,
+    row_param,
+    safe_divide,
+    valid_entries,
+)
 
 __all__ = ["project_permutahedron", "soft_rank", "soft_sort"]
 
@@ -109,12 +116,6 @@ def _isotonic(y: Array, w: Array, lengths: Array, regularization: str) -> Array:
 # ------------------------------------------------------------------------------ sort helpers
 
 
-def _descending_order(x: Array, valid: Array) -> Array:
-    """Stable descending argsort of the real entries, the padding last."""
-    key = jnp.where(valid, -x, jnp.inf)
-    return jnp.argsort(jax.lax.stop_gradient(key), axis=-1, stable=True)
-
-
 def _unpermute(sorted_values: Array, order: Array) -> Array:
     """``out[..., order[j]] = sorted_values[..., j]`` as a gather (cheap to differentiate)."""
     positions = jnp.broadcast_to(jnp.arange(order.shape[-1], dtype=order.dtype), order.shape)
@@ -132,7 +133,7 @@ def _projection(z: Array, w: Array, lengths: Array, regularization: str) -> Arra
     """``P_Q(z, w)`` on real entries (``w`` sorted decreasingly, 0 on the padding)."""
     valid = valid_entries(z, lengths)
     z = jnp.where(valid, z, 0)
-    order = _descending_order(z, valid)
+    order = descending_order(z, valid)
     s = jnp.take_along_axis(z, order, axis=-1)
     dual = _isotonic(s, w, lengths, regularization)
     primal = jnp.where(valid, s - dual, 0)
@@ -272,7 +273,7 @@ def soft_sort(
     eps = row_param(x_, epsilon)[..., None]
     sign = 1 if descending else -1
     values = jnp.where(valid, sign * x_, 0)
-    order = _descending_order(values, valid)
+    order = descending_order(values, valid)
     s = jnp.take_along_axis(values, order, axis=-1)
     w = _rho(x_, lengths_) / eps
     v = _isotonic(w, s, lengths_, str(regularization))

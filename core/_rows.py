@@ -7,6 +7,7 @@ one compiled executable per shape, whatever their values.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.scipy.special import ndtri
@@ -64,3 +65,9 @@ def normal_upper_quantile(x: Array, valid: Array, rank: Array) -> Array:
     var = jnp.sum(jnp.where(valid, (x - mean[..., None]) ** 2, 0), axis=-1) / count
     tail = jnp.clip(rank.astype(x.dtype) / count, 1e-7, 1 - 1e-7)
     return mean + jnp.sqrt(var) * ndtri(1 - tail)
+
+
+def descending_order(x: Array, valid: Array) -> Array:
+    """Stable descending argsort of the real entries of each row, the padding last."""
+    key = jnp.where(valid, -x, jnp.inf)
+    return jnp.argsort(jax.lax.stop_gradient(key), axis=-1, stable=True)
