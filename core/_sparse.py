@@ -71,15 +71,31 @@ def _mask_parts(
     return z, top, block
 
 
-def _mask_from_parts(z: Array, top: Array, block: Array, r: float) -> Array:
-    return jnp.where(top, 1, jnp.where(block, power(jnp.where(block, z, 0), r), 0)).astype(z.dtype)
+def _carry_block_mass(pooled: Array, block: Array, mass: Array, cap: Array) -> Array:
+    """Rescale the block's outputs so that they carry exactly ``mass`` (each at most ``cap``).
+
+    At the exact ``tau`` the rescale factor is 1. It matters when ``eps`` is tiny against ``|x|``:
+    ``x - tau`` then keeps few significant digits and one ulp of ``tau`` moves the block's outputs
+    by far more than rounding (e.g. 1.6e-6 for ``|x| ~ 4.7, eps = 1e-9, p = 4/3``); the constraint
+    ``sum_block = W`` is what the solution must satisfy, so it is imposed exactly.
+    """
+    total = jnp.sum(jnp.where(block, pooled, 0), axis=-1)
+    factor = jnp.where(total > 0, safe_divide(mass, total), 1)
+    return jnp.minimum(pooled * factor[..., None], cap)
+
+
+def _mask_from_parts(z: Array, top: Array, block: Array, k: Array, r: float) -> Array:
+    pooled = power(jnp.where(block, z, 0), r)
+    weight = (k - jnp.sum(top, axis=-1)).astype(z.dtype)
+    pooled = _carry_block_mass(pooled, block, weight, jnp.ones((), z.dtype))
+    return jnp.where(top, 1, jnp.where(block, pooled, 0)).astype(z.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def _mask(x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str) -> Array:
     tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
     z, top, block = _mask_parts(x, tau, k, eps, valid_entries(x, lengths))
-    return _mask_from_parts(z, top, block, exponent(p))
+    return _mask_from_parts(z, top, block, k, exponent(p))
 
 
 @_mask.defjvp
@@ -92,7 +108,7 @@ def _mask_jvp(
     valid = valid_entries(x, lengths)
     tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
     z, top, free = _mask_parts(x, tau, k, eps, valid)
-    y = _mask_from_parts(z, top, free, r)
+    y = _mask_from_parts(z, top, free, k, r)
     # y = z^r on the pooled block F = {0 < z < 1}, z = (x - tau)/eps;  sum_F dy = 0 fixes dtau.
     d = jnp.where(free, (r / eps[..., None]) * power(jnp.where(free, z, 0), r - 1.0), 0)
     shifted = jnp.where(free, dx - z * deps[..., None], 0)
@@ -121,8 +137,13 @@ def _magnitude_parts(
     return z, u, top, block
 
 
-def _magnitude_from_parts(x: Array, tau: Array, u: Array, top: Array, block: Array) -> Array:
-    pooled = jnp.sign(x) * (u + jnp.abs(x) - tau[..., None])
+def _magnitude_from_parts(
+    x: Array, tau: Array, u: Array, top: Array, block: Array, k: Array
+) -> Array:
+    weight = (k - jnp.sum(top, axis=-1)).astype(x.dtype)
+    t = tau[..., None]
+    u = _carry_block_mass(u, block, weight * tau, t)
+    pooled = jnp.sign(x) * (u + jnp.abs(x) - t)
     return jnp.where(top, x, jnp.where(block, pooled, 0))
 
 
@@ -130,7 +151,7 @@ def _magnitude_from_parts(x: Array, tau: Array, u: Array, top: Array, block: Arr
 def _magnitude(x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str) -> Array:
     tau = _threshold(jnp.abs(x), k, eps, lengths, p, solver, magnitude=True)
     _, u, top, block = _magnitude_parts(x, tau, k, eps, valid_entries(x, lengths), exponent(p))
-    return _magnitude_from_parts(x, tau, u, top, block)
+    return _magnitude_from_parts(x, tau, u, top, block, k)
 
 
 @_magnitude.defjvp
@@ -143,7 +164,7 @@ def _magnitude_jvp(
     valid = valid_entries(x, lengths)
     tau = _threshold(jnp.abs(x), k, eps, lengths, p, solver, magnitude=True)
     z, u, top, block = _magnitude_parts(x, tau, k, eps, valid, r)
-    out = _magnitude_from_parts(x, tau, u, top, block)
+    out = _magnitude_from_parts(x, tau, u, top, block, k)
     # On the block B: out = sign(x)(u + |x| - tau), u = z^r, sum_B u = W tau with W = k - #tops.
     weight = (k - jnp.sum(top, axis=-1)).astype(x.dtype)
     sign = jnp.sign(x)
