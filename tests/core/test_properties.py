@@ -143,7 +143,9 @@ def test_tiny_epsilon_keeps_the_block_mass_exact():
     for p in (2.0, 4 / 3, 1.5):
         for eps in (1e-9, 1e-12):
             for solver in ("threshold", "pav"):
-                mag = np.asarray(MAGNITUDE(padded(x), 1, epsilon=eps, p=p, solver=solver, lengths=6))
+                mag = np.asarray(
+                    MAGNITUDE(padded(x), 1, epsilon=eps, p=p, solver=solver, lengths=6)
+                )
                 np.testing.assert_allclose(mag[:6], x * hard, rtol=0, atol=1e-13)
                 mask = np.asarray(MASK(padded(x), 1, epsilon=eps, p=p, solver=solver, lengths=6))
                 np.testing.assert_allclose(mask[:6], hard, rtol=0, atol=1e-13)
