@@ -5,7 +5,8 @@ sparse top-k block problems of Sander et al. 2023 for the PAV) on the last axis,
 XLA control flow -- no host callback, so the same code runs on CPU, GPU and TPU.
 
 - PAV is a single ``lax.while_loop`` over a stack of blocks (at most ``2n`` steps, each O(1) work per
-  row); ``vmap`` runs all rows in lock-step. It is exact and returns the block of every entry.
+  row); rows run one after another on the CPU and in lock-step (``vmap``) on accelerators. It is
+  exact and returns the block of every entry.
 - Dykstra alternates the projections onto the two sets of disjoint pair constraints (even pairs, odd
   pairs), each closed-form and fully parallel; it stops at a tolerance or an iteration cap and reports
   both. It needs about ``m^2`` iterations for a pooled block of size ``m``, so it is accurate only when
@@ -49,9 +50,8 @@ class DykstraSolution(NamedTuple):
     converged: Array
 
 
-# Scalar-index reads and writes as dynamic (update-)slices rather than gather/scatter. Known issue:
-# XLA's CPU backend still copies three full-length loop buffers per step (see the HLO's `copy`
-# ops), so a PAV step costs O(n) instead of O(1) and long rows are quadratic.
+# Scalar-index reads and writes as dynamic (update-)slices rather than gather/scatter, so that XLA
+# updates the PAV stack in place (see `pav_decreasing` for what else that takes).
 def _at(leaf: Array, index: Array) -> Array:
     return jax.lax.dynamic_index_in_dim(leaf, index, axis=0, keepdims=False)
 
@@ -96,33 +96,44 @@ def pav_decreasing(
         starts: Array
         stats: Stats
         iterations: Array
+        violated: Array  # the top two blocks must be pooled (read after the last write)
 
-    def violated(s: State) -> Array:
-        left = _at(s.values, jnp.maximum(s.top - 2, 0))
-        right = _at(s.values, jnp.maximum(s.top - 1, 0))
-        return (s.top >= 2) & (left <= right)
+    def violated(top: Array, values: Array) -> Array:
+        left = _at(values, jnp.maximum(top - 2, 0))
+        right = _at(values, jnp.maximum(top - 1, 0))
+        return (top >= 2) & (left <= right)
 
     def unfinished(s: State) -> Array:
-        return (s.next_entry < length) | violated(s)
+        return (s.next_entry < length) | s.violated
 
     def step(s: State) -> State:
-        merge_now = violated(s)
+        merge_now = s.violated
         left = jnp.maximum(s.top - 2, 0)
         right = jnp.maximum(s.top - 1, 0)
         entry = jnp.minimum(s.next_entry, n - 1)
-        merged = merge(_take(s.stats, left), _take(s.stats, right))
-        pushed = _take(singleton_stats, entry)
-        slot = jnp.where(merge_now, left, jnp.minimum(s.top, n - 1))
-        new_stats = jax.tree.map(lambda m, p: jnp.where(merge_now, m, p), merged, pushed)
-        new_value = jnp.where(merge_now, block_value(merged), _at(singleton_values, entry))
-        new_start = jnp.where(merge_now, _at(s.starts, left), entry)
+
+        # The new top block comes out of a `cond`: its outputs are materialised before the in-place
+        # updates below. Computed inline, XLA fuses these reads of the stack into each buffer's
+        # update, cannot update in place any more and copies the whole stack (O(n) per step).
+        def pooled(_: None) -> tuple[Stats, Array, Array, Array]:
+            merged = merge(_take(s.stats, left), _take(s.stats, right))
+            return merged, block_value(merged), _at(s.starts, left), left
+
+        def pushed(_: None) -> tuple[Stats, Array, Array, Array]:
+            slot = jnp.minimum(s.top, n - 1)
+            return _take(singleton_stats, entry), _at(singleton_values, entry), entry, slot
+
+        new_stats, new_value, new_start, slot = jax.lax.cond(merge_now, pooled, pushed, None)
+        top = jnp.where(merge_now, s.top - 1, s.top + 1)
+        values = _set(s.values, slot, new_value)
         return State(
             next_entry=jnp.where(merge_now, s.next_entry, s.next_entry + 1),
-            top=jnp.where(merge_now, s.top - 1, s.top + 1),
-            values=_set(s.values, slot, new_value),
+            top=top,
+            values=values,
             starts=_set(s.starts, slot, new_start),
             stats=_put(s.stats, slot, new_stats),
             iterations=s.iterations + 1,
+            violated=violated(top, values),
         )
 
     init = State(
@@ -132,6 +143,7 @@ def pav_decreasing(
         starts=jnp.zeros((n,), jnp.int32),
         stats=singleton_stats,
         iterations=jnp.zeros((), jnp.int32),
+        violated=jnp.zeros((), bool),
     )
     final = jax.lax.while_loop(unfinished, step, init)
     # Entry j belongs to the block b with the largest start <= j: count the block starts up to j.
@@ -142,6 +154,18 @@ def pav_decreasing(
     )
     blocks = jnp.cumsum(is_start)
     return PavSolution(final.values[blocks], blocks, final.iterations)
+
+
+def map_rows(one_row: Callable[..., Any], *rows: Array) -> Any:
+    """Apply a one-row PAV to every row (leading axis of each argument).
+
+    On the CPU rows run one after another (``lax.map``): each PAV step then costs O(1), while the
+    batched (vmapped) loop turns the stack's in-place updates into scatters that XLA copies, O(n)
+    per step. Accelerators run the rows in lock-step with ``vmap`` instead.
+    """
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(lambda args: one_row(*args), rows)
+    return jax.vmap(one_row)(*rows)
 
 
 # ------------------------------------------------------------------------------ block statistics
@@ -346,7 +370,7 @@ def sorted_threshold(
             stats, merge, value = _sparse_block_problem(s_row, w_row, eps_row, r, magnitude)
             return pav_decreasing(stats, merge, value, length_row).values
 
-        v = jax.vmap(one_row)(*flat, eps.reshape(-1), length.reshape(-1)).reshape(s.shape)
+        v = map_rows(one_row, *flat, eps.reshape(-1), length.reshape(-1)).reshape(s.shape)
     elif method == "dykstra":
         if r != 1.0:
             raise ValueError("solver='dykstra' supports p = 2 only")
@@ -379,7 +403,7 @@ def _solve_l2(y: Array, weights: Array, lengths: Array, solver: str) -> tuple[Ar
         def one_row(y_row: Array, w_row: Array, length: Array) -> PavSolution:
             return pav_decreasing(_l2_stats(y_row, w_row), _l2_merge, _l2_value, length)
 
-        sol = jax.vmap(one_row)(flat_y, flat_w, lengths.reshape(-1))
+        sol = map_rows(one_row, flat_y, flat_w, lengths.reshape(-1))
         values, blocks = sol.values.reshape(y.shape), sol.blocks.reshape(y.shape)
     elif solver == "dykstra":
         values = dykstra_decreasing(y, weights, valid).values

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from core._isotonic import PavSolution, isotonic_regression, pav_decreasing
+from core._isotonic import PavSolution, isotonic_regression, map_rows, pav_decreasing
 from core._rows import (
     as_float_array,
     descending_order,
@@ -60,7 +60,7 @@ def _kl_solve(y: Array, w: Array, lengths: Array) -> tuple[Array, Array]:
     def one_row(y_row: Array, w_row: Array, length: Array) -> PavSolution:
         return pav_decreasing((y_row, w_row), _kl_merge, _kl_value, length)
 
-    sol = jax.vmap(one_row)(y.reshape(-1, n), w.reshape(-1, n), lengths.reshape(-1))
+    sol = map_rows(one_row, y.reshape(-1, n), w.reshape(-1, n), lengths.reshape(-1))
     return sol.values.reshape(y.shape), sol.blocks.reshape(y.shape)
 
 
