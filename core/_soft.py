@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from core._lockstep import iterate_rows
 from core._rows import as_float_array, row_k, row_lengths, row_param, safe_divide, valid_entries
 
 __all__ = ["SoftTopkInfo", "SoftTopkSorted", "soft_topk_mask", "soft_topk_sorted"]
@@ -67,26 +68,40 @@ def _epsilon_floor(dtype: jnp.dtype) -> float:
 
 def _prepare(
     x: ArrayLike, epsilon: ArrayLike, lengths: ArrayLike | None
-) -> tuple[Array, Array, Array, Array, Array]:
-    """Float scores, eps, lengths, valid entries and the row's max (the shift).
+) -> tuple[Array, Array, Array, Array, Array, Array]:
+    """Float scores, eps, lengths, valid entries, the row's max (the shift) and min.
 
     The padded tail is replaced by the row's max. ``-inf`` scores (masked logits) are replaced, as in
     the official code, by ``min - max(max - min, 1)`` over the row's finite real entries
-    (derivative 0); ``+inf`` and NaN scores are not supported.
+    (derivative 0); ``+inf`` and NaN scores are not supported. The finite-only max and min take a
+    pass over the data only when some row holds a ``-inf``.
     """
     x = as_float_array(x)
     lengths_ = row_lengths(x, lengths)
     valid = valid_entries(x, lengths_)
     eps = row_param(x, epsilon)
-    finite = valid & jnp.isfinite(x)
-    info = jnp.finfo(x.dtype)
-    shift = jnp.max(jnp.where(finite, x, info.min), axis=-1)
-    shift = jax.lax.stop_gradient(jnp.where(jnp.any(finite, axis=-1), shift, 0))
-    low = jax.lax.stop_gradient(jnp.min(jnp.where(finite, x, info.max), axis=-1))
-    low = jnp.where(jnp.any(finite, axis=-1), low - jnp.maximum(shift - low, 1), 0)
+    sx = jax.lax.stop_gradient(x)
+    top = jnp.max(jnp.where(valid, sx, -jnp.inf), axis=-1)
+    bottom = jnp.min(jnp.where(valid, sx, jnp.inf), axis=-1)
+
+    def finite_range(_: None) -> tuple[Array, Array]:
+        finite = valid & jnp.isfinite(sx)
+        high = jnp.max(jnp.where(finite, sx, -jnp.inf), axis=-1)
+        low = jnp.min(jnp.where(finite, sx, jnp.inf), axis=-1)
+        return high, low
+
+    def given_range(_: None) -> tuple[Array, Array]:
+        return top, bottom
+
+    high, low = jax.lax.cond(jnp.any(bottom == -jnp.inf), finite_range, given_range, None)
+    any_finite = jnp.isfinite(high)  # False for empty rows and rows of -inf only
+    shift = jnp.where(any_finite, high, 0)
+    low = jnp.where(any_finite, low, 0)
+    floor = jnp.where(any_finite, low - jnp.maximum(shift - low, 1), 0)
     x = jnp.where(valid, x, shift[..., None])
-    x = jnp.where(x == -jnp.inf, low[..., None], x)
-    return x, eps, lengths_, valid, shift
+    x = jnp.where(x == -jnp.inf, floor[..., None], x)
+    row_min = jnp.where(bottom == -jnp.inf, floor, low)
+    return x, eps, lengths_, valid, shift, row_min
 
 
 def _max_cost(x: Array, valid: Array, anchor_max: float) -> Array:
@@ -137,6 +152,15 @@ def _sigmoid_mask(x: Array, eps: Array, shift: Array, offset: Array, active: Arr
     return jnp.where(active, jax.nn.sigmoid(jnp.where(active, z, 0)), 0)
 
 
+class _NewtonRows(NamedTuple):
+    u: Array  # (B, n) 2 (x - shift) / eps on real entries, 0 elsewhere
+    valid: Array  # (B, n) real entries
+    inner: Array  # (B,) 0 < k < L: the row has a root to find
+    target: Array  # (B,) log(k / (L - k))
+    few: Array  # (B,) 2 k <= L: sum the selected side (else the other one)
+    total: Array  # (B,) L as a float
+
+
 class _NewtonState(NamedTuple):
     offset: Array  # (B,) current iterate c
     lo: Array  # (B,) bracket: H(lo) <= 0
@@ -146,11 +170,10 @@ class _NewtonState(NamedTuple):
     residual: Array  # (B,) H at the last evaluated iterate
     done: Array  # (B,) bool
     iterations: Array  # (B,) int32
-    step: Array  # () int32
 
 
 def _newton_offsets(
-    u: Array, valid: Array, k: Array, lengths: Array, max_iter: int, tol: float
+    u: Array, u_min: Array, valid: Array, k: Array, lengths: Array, max_iter: int, tol: float
 ) -> tuple[Array, SoftTopkInfo]:
     """Row offsets ``c`` with ``sum_i sigmoid(u_i + c) = k`` over the real entries (u <= 0, max 0).
 
@@ -160,7 +183,8 @@ def _newton_offsets(
     ``exp(c - center)`` at each iterate, so a step costs no transcendental per entry unless the
     iterate has moved more than ``reach`` from the center (then the row's exponentials are
     recomputed). Exponents are capped at ``cap``; ``cap - reach`` and the underflow margin keep
-    the neglected terms below the dtype's resolution.
+    the neglected terms below the dtype's resolution. The few rows that need many iterations
+    finish on a compacted batch (:func:`core._lockstep.iterate_rows`).
     """
     dtype = u.dtype
     big = jnp.finfo(dtype).bits > 32
@@ -171,40 +195,43 @@ def _newton_offsets(
     target = jnp.log(kf) - jnp.log(rest)
     u = jnp.where(valid, u, 0)
     tiny = jnp.finfo(dtype).tiny
-    total = lengths.astype(dtype)
-    few = 2 * k <= lengths
+    rows = _NewtonRows(u, valid, inner, target, 2 * k <= lengths, lengths.astype(dtype))
 
-    def evaluate(offset: Array, center: Array, scaled_exp: Array) -> tuple[Array, Array]:
+    def evaluate(
+        offset: Array, center: Array, scaled_exp: Array, rows: _NewtonRows
+    ) -> tuple[Array, Array]:
         t = scaled_exp * jnp.exp(offset - center)[:, None]
-        r = jnp.where(valid, 1 / (1 + t), 0)
+        r = jnp.where(rows.valid, 1 / (1 + t), 0)
         p = t * r
         # Sum the side holding at most half the mass; the other side is L minus it (no
         # cancellation: it is at least L / 2). Two reductions per step instead of three.
-        side = jnp.sum(jnp.where(few[:, None], p, r), axis=-1)
-        above = jnp.where(few, side, total - side)
-        below = jnp.where(few, total - side, side)
+        side = jnp.sum(jnp.where(rows.few[:, None], p, r), axis=-1)
+        above = jnp.where(rows.few, side, rows.total - side)
+        below = jnp.where(rows.few, rows.total - side, side)
         slope = jnp.sum(p * r, axis=-1)
-        safe_above = jnp.where(inner, jnp.maximum(above, tiny), 1)
-        safe_below = jnp.where(inner, jnp.maximum(below, tiny), 1)
-        residual = jnp.log(safe_above) - jnp.log(safe_below) - target
+        safe_above = jnp.where(rows.inner, jnp.maximum(above, tiny), 1)
+        safe_below = jnp.where(rows.inner, jnp.maximum(below, tiny), 1)
+        residual = jnp.log(safe_above) - jnp.log(safe_below) - rows.target
         dres = slope * (1 / safe_above + 1 / safe_below)
-        return jnp.where(inner, residual, 0), dres
+        return jnp.where(rows.inner, residual, 0), dres
 
-    def cond(state: _NewtonState) -> Array:
-        return jnp.any(~state.done) & (state.step < max_iter)
+    def unfinished(state: _NewtonState) -> Array:
+        return ~state.done & (state.iterations < max_iter)
 
-    def body(state: _NewtonState) -> _NewtonState:
+    def step(state: _NewtonState, rows: _NewtonRows) -> _NewtonState:
         offset, center, scaled_exp = state.offset, state.center, state.scaled_exp
-        far = ~state.done & (jnp.abs(offset - center) > reach)
+        active = unfinished(state)
+        far = active & (jnp.abs(offset - center) > reach)
 
         def rebase(_: None) -> tuple[Array, Array]:
-            fresh = jnp.where(valid, jnp.exp(jnp.minimum(u + offset[:, None], cap)), 0)
+            fresh = jnp.exp(jnp.minimum(rows.u + offset[:, None], cap))
+            fresh = jnp.where(rows.valid, fresh, 0)
             return jnp.where(far, offset, center), jnp.where(far[:, None], fresh, scaled_exp)
 
         center, scaled_exp = jax.lax.cond(
             jnp.any(far), rebase, lambda _: (center, scaled_exp), None
         )
-        residual, dres = evaluate(offset, center, scaled_exp)
+        residual, dres = evaluate(offset, center, scaled_exp, rows)
         lo = jnp.where(residual <= 0, offset, state.lo)
         hi = jnp.where(residual >= 0, offset, state.hi)
         newton = offset - safe_divide(residual, dres)
@@ -212,21 +239,21 @@ def _newton_offsets(
         proposal = jnp.where(inside, newton, 0.5 * (lo + hi))
         stuck = hi - lo <= 4 * jnp.finfo(dtype).eps * (1 + jnp.abs(offset))
         finished = state.done | (jnp.abs(residual) <= tol) | stuck
+        keep = ~active
         return _NewtonState(
-            offset=jnp.where(finished, offset, proposal),
-            lo=lo,
-            hi=hi,
+            offset=jnp.where(keep | finished, offset, proposal),
+            lo=jnp.where(keep, state.lo, lo),
+            hi=jnp.where(keep, state.hi, hi),
             center=center,
             scaled_exp=scaled_exp,
-            residual=jnp.where(state.done, state.residual, residual),
-            done=finished,
-            iterations=state.iterations + (~state.done).astype(jnp.int32),
-            step=state.step + 1,
+            residual=jnp.where(keep, state.residual, residual),
+            done=jnp.where(keep, state.done, finished),
+            iterations=state.iterations + active.astype(jnp.int32),
         )
 
     scaled_exp = jnp.where(valid, jnp.exp(u), 0)
     lo = jnp.log(kf) - jnp.log(jnp.maximum(jnp.sum(scaled_exp, axis=-1), 1))
-    hi = jnp.maximum(-jnp.min(u, axis=-1) + target, lo)
+    hi = jnp.maximum(-u_min + target, lo)
     zeros = jnp.zeros_like(lo)
     state = _NewtonState(
         offset=lo,
@@ -237,9 +264,8 @@ def _newton_offsets(
         residual=zeros + jnp.inf,
         done=~inner,
         iterations=jnp.zeros(lo.shape, jnp.int32),
-        step=jnp.zeros((), jnp.int32),
     )
-    state = jax.lax.while_loop(cond, body, state)
+    state = iterate_rows(step, state, rows, unfinished=unfinished)
     residual = jnp.where(inner, state.residual, 0)
     # |F - k| from H: F = L sigmoid(H + target) is the plan's column sum (times L).
     count = lengths.astype(dtype) * jax.nn.sigmoid(residual + target)
@@ -338,7 +364,7 @@ def _soft_mask_impl(
     max_iter: int | None,
     tol: float | None,
 ) -> tuple[Array, SoftTopkInfo]:
-    x, eps, lengths_, valid, shift = _prepare(x, epsilon, lengths)
+    x, eps, lengths_, valid, shift, row_min = _prepare(x, epsilon, lengths)
     k_ = row_k(x, k, lengths_)
     if rescale_cost:
         eps = eps * _max_cost(x, valid, 1.0)
@@ -351,8 +377,10 @@ def _soft_mask_impl(
     u = 2 * (sx - shift.reshape(-1)[:, None]) / seps[:, None]
     finfo = jnp.finfo(x.dtype)
     if solver == "newton":
+        u_min = 2 * (row_min.reshape(-1) - shift.reshape(-1)) / seps
         offset, info = _newton_offsets(
             u,
+            u_min,
             svalid,
             sk,
             slen,
@@ -602,7 +630,7 @@ def soft_topk_sorted(
         ([2.89, 2.0], True)
     """
     k = int(k)
-    x, eps, lengths_, valid, shift = _prepare(x, epsilon, lengths)
+    x, eps, lengths_, valid, shift, _ = _prepare(x, epsilon, lengths)
     n = x.shape[-1]
     if not 0 <= k <= n:
         raise ValueError(f"k must be in [0, {n}], got {k}")
