@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.scipy.special import ndtri
 
+from core._lockstep import iterate_rows
 from core._rows import normal_upper_quantile, safe_divide
 
 
@@ -240,10 +241,21 @@ def solve_threshold(
         iterations=jnp.zeros(k.shape, jnp.int32),
     )
 
-    def unfinished(s: State) -> Array:
-        return jnp.any(~s.done) & (jnp.max(s.iterations) < max_iter)
+    class Rows(NamedTuple):
+        a: Array
+        valid: Array
+        k: Array
+        eps: Array
+        kf: Array
+        tol: Array
+        sum_tol: Array
 
-    def step(s: State) -> State:
+    def unfinished(s: State) -> Array:
+        return ~s.done & (s.iterations < max_iter)
+
+    def step(s: State, rows: Rows) -> State:
+        a, valid, k, eps, kf, tol, sum_tol = rows
+        active = unfinished(s)
         part = _partition(a, valid, s.tau, k, eps, r, magnitude)
         excess = part.total - kf
         exact = excess == 0
@@ -279,7 +291,7 @@ def solve_threshold(
         )
         nxt = jnp.where(inside | close | at_edge, part.candidate, fallback)
         finished = s.done | exact | settled | collapsed | at_edge
-        return State(
+        new = State(
             tau=jnp.where(s.done | exact | settled | collapsed, s.tau, nxt),
             lo=lo,
             hi=hi,
@@ -290,8 +302,28 @@ def solve_threshold(
             n_top=part.n_top,
             n_block=part.n_block,
             done=finished,
-            iterations=s.iterations + (~s.done).astype(jnp.int32),
+            iterations=s.iterations + active.astype(jnp.int32),
+        )
+        # Finished rows (also those filling the stragglers' batch) keep their state exactly.
+        return jax.tree.map(
+            lambda old, upd: jnp.where(
+                active.reshape(active.shape + (1,) * (upd.ndim - 1)), upd, old
+            ),
+            s,
+            new,
         )
 
-    final = jax.lax.while_loop(unfinished, step, init)
+    batch, n = k.shape, a.shape[-1]
+    rows = Rows(
+        a.reshape(-1, n),
+        valid.reshape(-1, n),
+        k.reshape(-1),
+        eps.reshape(-1),
+        kf.reshape(-1),
+        tol.reshape(-1),
+        sum_tol.reshape(-1),
+    )
+    flat = jax.tree.map(lambda leaf: leaf.reshape((-1, *leaf.shape[len(batch) :])), init)
+    final = iterate_rows(step, flat, rows, unfinished=unfinished)
+    final = jax.tree.map(lambda leaf: leaf.reshape((*batch, *leaf.shape[1:])), final)
     return ThresholdSolution(final.tau, final.iterations, final.done)
