@@ -37,7 +37,15 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from core._lockstep import iterate_rows
-from core._rows import as_float_array, row_k, row_lengths, row_param, safe_divide, valid_entries
+from core._rows import (
+    as_float_array,
+    normal_upper_quantile,
+    row_k,
+    row_lengths,
+    row_param,
+    safe_divide,
+    valid_entries,
+)
 
 __all__ = ["SoftTopkInfo", "SoftTopkSorted", "soft_topk_mask", "soft_topk_sorted"]
 
@@ -116,40 +124,33 @@ def _max_cost(x: Array, valid: Array, anchor_max: float) -> Array:
 
 
 @jax.custom_jvp
-def _mask_offset(x: Array, eps: Array, shift: Array, offset: Array, active: Array) -> Array:
-    """The row offset ``c`` (an exact root, passed in) as an implicit function of ``(x, eps)``.
+def _sigmoid_mask(x: Array, eps: Array, shift: Array, offset: Array, active: Array) -> Array:
+    """``y = sigmoid(z)``, ``z = 2 (x - shift) / eps + c``, on the active entries (0 elsewhere).
 
-    The mask is ``y = sigmoid(z)``, ``z = 2 (x - shift) / eps + c``, with ``c`` fixed by
-    ``sum_i y_i = k`` on the active entries. Differentiating the constraint, with
+    ``c`` (``offset``, an exact root passed in) is fixed by ``sum_i y_i = k`` on the active entries,
+    so it is an implicit function of ``(x, eps)``. Differentiating the constraint, with
     ``w = y (1 - y)`` and ``dz0 = 2 dx / eps - (z - c) deps / eps``:
-    ``dc = -sum(w dz0) / sum(w)`` (0 when every entry is saturated). The rule calls this function
-    again, so derivatives of every order are the implicit ones.
+    ``dc = -sum(w dz0) / sum(w)`` (0 when every entry is saturated) and ``dy = w (dz0 + dc)``,
+    O(n) per row. The rule calls this function again, so derivatives of every order are the
+    implicit ones.
     """
-    del x, eps, shift, active
-    return offset
+    z = 2 * (x - shift[..., None]) / eps[..., None] + offset[..., None]
+    return jnp.where(active, jax.nn.sigmoid(jnp.where(active, z, 0)), 0)
 
 
-@_mask_offset.defjvp
-def _mask_offset_jvp(
+@_sigmoid_mask.defjvp
+def _sigmoid_mask_jvp(
     primals: tuple[Array, ...], tangents: tuple[Array, ...]
 ) -> tuple[Array, Array]:
     x, eps, shift, offset, active = primals
     dx, deps = tangents[0], tangents[1]
-    c = _mask_offset(x, eps, shift, offset, active)
+    y = _sigmoid_mask(x, eps, shift, offset, active)
+    w = y * (1 - y)  # 0 off the active entries, where y = 0
     eps_ = eps[..., None]
     scaled = 2 * (x - shift[..., None]) / eps_
-    z = scaled + c[..., None]
-    y = jax.nn.sigmoid(z)  # the same expression as the mask's: XLA computes it once
-    w = jnp.where(active, y * (1 - y), 0)
     dz0 = jnp.where(active, (2 * dx - scaled * deps[..., None]) / eps_, 0)
-    return c, -safe_divide(jnp.sum(w * dz0, axis=-1), jnp.sum(w, axis=-1))
-
-
-def _sigmoid_mask(x: Array, eps: Array, shift: Array, offset: Array, active: Array) -> Array:
-    """``sigmoid(2 (x - shift) / eps + c)`` on the active entries, ``c`` the implicit root."""
-    c = _mask_offset(x, eps, shift, offset, active)
-    z = 2 * (x - shift[..., None]) / eps[..., None] + c[..., None]
-    return jnp.where(active, jax.nn.sigmoid(jnp.where(active, z, 0)), 0)
+    dc = -safe_divide(jnp.sum(w * dz0, axis=-1), jnp.sum(w, axis=-1))
+    return y, w * (dz0 + dc[..., None])
 
 
 class _NewtonRows(NamedTuple):
@@ -178,7 +179,7 @@ def _newton_offsets(
     """Row offsets ``c`` with ``sum_i sigmoid(u_i + c) = k`` over the real entries (u <= 0, max 0).
 
     Newton on ``H(c) = log F(c) - log(L - F(c)) - log(k / (L - k))`` (slope in (0, 1]; linear in the
-    saturated regimes), kept inside the bracket ``[log k - LSE(u), -min u + log(k / (L - k))]`` and
+    saturated regimes), kept inside the bracket ``[log(k / L), -min u + log(k / (L - k))]`` and
     falling back to bisection. ``exp(u_i + center)`` is evaluated once per "center" and rescaled by
     ``exp(c - center)`` at each iterate, so a step costs no transcendental per entry unless the
     iterate has moved more than ``reach`` from the center (then the row's exponentials are
@@ -251,17 +252,22 @@ def _newton_offsets(
             iterations=state.iterations + active.astype(jnp.int32),
         )
 
-    scaled_exp = jnp.where(valid, jnp.exp(u), 0)
-    lo = jnp.log(kf) - jnp.log(jnp.maximum(jnp.sum(scaled_exp, axis=-1), 1))
+    # H(lo) <= 0 at lo = log(k / L): there F = sum sigmoid(u + lo) <= L sigmoid(lo) <= L e^lo = k.
+    lo = jnp.log(kf) - jnp.log(lengths.astype(dtype))
     hi = jnp.maximum(-u_min + target, lo)
-    zeros = jnp.zeros_like(lo)
+    # Start where a normal fit puts the (k + 1/2)-th largest score: in the small-eps regime the
+    # root sits between the k-th and (k+1)-th scores, and from the all-tail end of the bracket
+    # Newton only creeps towards it (about one unit of u per step across a wide gap).
+    guess = -normal_upper_quantile(u, valid, jnp.where(inner, k, 0).astype(dtype) + 0.5)
+    start = jnp.clip(guess, lo, hi)
+    scaled_exp = jnp.where(valid, jnp.exp(jnp.minimum(u + start[:, None], cap)), 0)
     state = _NewtonState(
-        offset=lo,
+        offset=start,
         lo=lo,
         hi=hi,
-        center=zeros,
+        center=start,
         scaled_exp=scaled_exp,
-        residual=zeros + jnp.inf,
+        residual=jnp.full(lo.shape, jnp.inf, dtype),
         done=~inner,
         iterations=jnp.zeros(lo.shape, jnp.int32),
     )
