@@ -273,9 +273,6 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=0.1)
     parser.add_argument("--max-call", type=float, default=60.0, help="one call only past this (s)")
     parser.add_argument(
-        "--pav-max-work", type=float, default=1e10, help="skip PAV when rows·n² exceeds this"
-    )
-    parser.add_argument(
         "--jaxopt-python", action="store_true", help="run jaxopt even without numba (very slow)"
     )
     parser.add_argument(
@@ -320,13 +317,6 @@ def main() -> None:
             slow = key in SLOW
             repeats = slow_repeats if slow else fast_repeats
             budget = slow_budget if slow else fast_budget
-            if key in ("pav", "pav_jvp") and shape.rows * shape.n**2 > args.pav_max_work:
-                cells[key][shape.name] = "skipped¹"
-                notes.append(
-                    f"{shape.name} / {key}: not run; the device PAV costs O(n) per loop step here "
-                    f"(O(B·n²) in all), predicted ≫ {args.max_call:.0f} s"
-                )
-                continue
             if key == "jaxopt" and not (has_numba or args.jaxopt_python):
                 cells[key][shape.name] = "skipped¹"
                 if shape is shapes[0]:
