@@ -86,7 +86,9 @@ def _prepare(
     """
     x = as_float_array(x)
     lengths_ = row_lengths(x, lengths)
-    valid = valid_entries(x, lengths_)
+    # Without lengths every entry is real: a constant mask lets XLA drop the masking selects (and
+    # reduce the input in place instead of a masked copy of it).
+    valid = jnp.ones(x.shape, bool) if lengths is None else valid_entries(x, lengths_)
     eps = row_param(x, epsilon)
     sx = jax.lax.stop_gradient(x)
     top = jnp.max(jnp.where(valid, sx, -jnp.inf), axis=-1)
