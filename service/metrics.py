@@ -19,6 +19,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+BUILD_LABELS = (
+    "version", "jax_version", "jaxlib_version", "backend", "device_count", "device_kind",
+)  # fmt: skip
 
 
 class _CompileCollector(Collector):
@@ -51,7 +54,10 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "topk_requests", "Requests by route and outcome.", ["route", "status"], registry=r
+            "topk_requests",
+            'Requests by route, operator ("unknown" when the body was not understood) and status.',
+            ["route", "operator", "status"],
+            registry=r,
         )
         self.rejections = Counter(
             "topk_rejections", "Refused requests by reason.", ["reason"], registry=r
@@ -104,7 +110,17 @@ class ServiceMetrics:
             registry=r,
         )
         self.ready = Gauge("topk_ready", "1 when warm and not draining.", registry=r)
+        self.build_info = Gauge(
+            "topk_build_info",
+            "Always 1; the labels say what is running.",
+            list(BUILD_LABELS),
+            registry=r,
+        )
         r.register(_CompileCollector())
+
+    def record_build(self, info: dict[str, str]) -> None:
+        """Set ``topk_build_info`` (call once JAX is configured, so the backend is the real one)."""
+        self.build_info.labels(*(info[label] for label in BUILD_LABELS)).set(1)
 
     def track_queue_depth(self, depth: Callable[[], int]) -> None:
         """Read the queue depth at scrape time instead of updating it on every request."""

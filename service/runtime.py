@@ -8,6 +8,7 @@ import logging
 from typing import Literal
 
 from service.batcher import Batcher
+from service.build_info import build_info
 from service.compile_events import start_counting
 from service.engine import Engine
 from service.jax_setup import enable_persistent_cache
@@ -67,6 +68,7 @@ class ServiceRuntime:
         s = self.settings
         start_counting()
         enable_persistent_cache(s.compilation_cache_dir)
+        self.metrics.record_build(build_info())
         self._engine = Engine(s, self.operators, on_compile=self._on_compile)
         self._pipeline = TopKPipeline(self._engine, self.metrics)
         self._batcher = Batcher(

@@ -117,7 +117,7 @@ async def _serve(
             runtime.metrics.rejections.labels(f"http_{status}").inc()
         raise
     finally:
-        runtime.metrics.requests.labels(route, str(status)).inc()
+        runtime.metrics.requests.labels(route, operator, str(status)).inc()
         if status == 200:
             runtime.metrics.request_seconds.labels(operator).observe(time.perf_counter() - started)
 

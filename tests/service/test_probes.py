@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import jax
 
 from api.models import OperatorsResponse
 from tests.service.serving import ServerThread, small_settings
@@ -60,6 +61,14 @@ def test_metrics_are_prometheus_text_at_exactly_slash_metrics(http: httpx.Client
         "topk_ready 1.0",
     ):
         assert name in text, name
+    # requests carry the operator that answered; build info names what is running
+    assert 'topk_requests_total{operator="sparse",route="/v1/topk",status="200"}' in text
+    build = next(line for line in text.splitlines() if line.startswith("topk_build_info{"))
+    assert build.endswith(" 1.0")
+    for label in ("version", "jax_version", "jaxlib_version", "backend", "device_count"):
+        assert f'{label}="' in build, label
+    assert f'jax_version="{jax.__version__}"' in build
+    assert f'backend="{jax.default_backend()}"' in build
 
 
 def test_operators_lists_operators_defaults_and_limits(http: httpx.Client) -> None:
