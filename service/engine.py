@@ -44,7 +44,9 @@ class Engine:
         self.limits = settings.limits  # built once: requests read it on the hot path
         self._on_compile = on_compile
         self._phase = "warmup"
-        self.kernels = CompiledKernels(operators, on_compile=self._compiled)
+        self.kernels = CompiledKernels(
+            operators, on_compile=self._compiled, devices=settings.devices
+        )
         self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topk-device")
         self.warm = False
 

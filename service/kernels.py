@@ -17,6 +17,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from service.buckets import ShapeBucket
 from service.operators import AvailableOperator
@@ -134,9 +135,14 @@ class CompiledKernels:
         self,
         operators: dict[str, AvailableOperator],
         on_compile: Callable[[KernelKey, float], None] | None = None,
+        devices: int = 1,
     ) -> None:
         self._operators = operators
         self._on_compile = on_compile
+        local = jax.local_devices()
+        count = len(local) if devices == 0 else min(devices, len(local))
+        # Rows are independent, so the batch axis splits across devices with no communication.
+        self._mesh = Mesh(np.array(local[:count]), ("batch",)) if count > 1 else None
         self._executables: dict[KernelKey, jax.stages.Compiled] = {}
         self._lock = threading.Lock()
 
@@ -158,10 +164,22 @@ class CompiledKernels:
                 self._executables[key] = executable
         return executable
 
+    def sharding(self, key: KernelKey) -> NamedSharding | None:
+        """How ``key``'s arguments and outputs are laid out (None: one device)."""
+        mesh = self._mesh
+        if mesh is None or key.bucket.rows % mesh.size:
+            return None
+        return NamedSharding(mesh, PartitionSpec("batch"))
+
     def _compile(self, key: KernelKey) -> jax.stages.Compiled:
         started = time.perf_counter()
         function = kernel_function(self._operators[key.operator], key)
-        executable = jax.jit(function).lower(*argument_shapes(key)).compile()
+        sharding = self.sharding(key)
+        if sharding is None:
+            jitted = jax.jit(function)
+        else:  # every argument and output has the rows on its leading axis
+            jitted = jax.jit(function, in_shardings=sharding, out_shardings=sharding)
+        executable = jitted.lower(*argument_shapes(key)).compile()
         if self._on_compile is not None:
             self._on_compile(key, time.perf_counter() - started)
         return executable

@@ -91,6 +91,14 @@ class Settings(BaseModel):
         True,
         description="Compile a bucket outside the warm-up set at its first request (else 503).",
     )
+    devices: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Local devices the batch axis is sharded across (0: all of them). A bucket whose "
+            "row count the device count does not divide runs on the first device."
+        ),
+    )
     compilation_cache_dir: str = Field(
         default_factory=default_cache_dir,
         description="Private JAX persistent compilation cache ('' turns it off).",
