@@ -146,3 +146,41 @@ def test_every_output_of_every_operator_matches_the_core(http: httpx.Client) -> 
             want = np.asarray(function(x, 2))[0]
             np.testing.assert_allclose(row.dense(), want, atol=1e-5, err_msg=f"{info} {output}")
             assert set(row.indices) == set(np.flatnonzero(want).tolist())
+
+
+def test_every_metric_family_moves_with_traffic(server: ServerThread) -> None:
+    """Scrape before and after a good and a bad request: each family moved as it should."""
+    ok = 'topk_requests_total{operator="hard",route="/v1/topk",status="200"}'
+    bad = 'topk_requests_total{operator="unknown",route="/v1/topk",status="422"}'
+    counts = (
+        ok,
+        bad,
+        'topk_request_duration_seconds_count{operator="hard"}',
+        "topk_queue_duration_seconds_count",
+        "topk_batch_rows_count",
+        "topk_batch_requests_count",
+        "topk_padding_ratio_count",
+        'topk_rejections_total{reason="http_422"}',
+    )
+    before = {sample: metric(server, sample) for sample in counts}
+    answer = httpx.post(
+        server.url + "/v1/topk", json={"x": [[3.0, 1.0, 2.0]], "k": 1, "operator": "hard"}
+    )
+    assert answer.status_code == 200
+    refused = httpx.post(server.url + "/v1/topk", json={"x": [[1.0, 2.0]], "k": 0})
+    assert refused.status_code == 422
+    for sample in counts:
+        assert metric(server, sample) == before[sample] + 1, sample
+    text = httpx.get(server.url + "/metrics").text
+    compute = [
+        line
+        for line in text.splitlines()
+        if line.startswith("topk_compute_duration_seconds_count{")
+    ]
+    assert any('operator="hard"' in line and float(line.split()[-1]) >= 1 for line in compute)
+    assert metric(server, "topk_xla_compilations_total") > 0  # the warm-up compiled
+    assert 'topk_kernel_compilations_total{phase="warmup"}' in text
+    assert "topk_jax_cache_hits_total" in text and "topk_jax_cache_misses_total" in text
+    assert "topk_queued_requests 0.0" in text
+    assert metric(server, "topk_ready") == 1.0
+    assert "topk_build_info{" in text
