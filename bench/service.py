@@ -1,7 +1,8 @@
 """HTTP benchmark of the service: requests/s and p50/p99, batching on vs off vs a bare echo floor.
 
-One run starts three servers in their own processes on free 127.0.0.1 ports (the service with
-batching on, with batching off, and a bare uvicorn app that echoes the request body), drives each
+One run starts four servers in their own processes on free 127.0.0.1 ports (the service with
+batching on, with batching off, a bare uvicorn app that echoes the request body, and the same echo
+with every request parked on a future released in batches), drives each
 with a small keep-alive HTTP/1.1 load generator (asyncio streams, no client library overhead) at
 1, 16 and 64 concurrent clients for two payloads, then runs an open-loop paced load at 80 % of the
 measured saturation to check the tail. Results go to the ``## Service`` section of
@@ -62,10 +63,45 @@ async def echo_app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[s
     await send({"type": "http.response.body", "body": body})
 
 
-def serve_echo(port: int) -> None:
+_parked: list[tuple[asyncio.Future[bytes], bytes]] = []
+
+
+def _release_parked() -> None:
+    batch = _parked[:]
+    _parked.clear()
+    for future, body in batch:
+        future.set_result(body)
+
+
+async def parked_echo_app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                          send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:  # fmt: skip
+    """The floor of any dynamic batcher on this stack: the echo, but every request waits on its
+    own future until a callback releases all waiting requests at once (no parsing, no device)."""
+    if scope["type"] == "lifespan":
+        await echo_app(scope, receive, send)
+        return
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bytes] = loop.create_future()
+    _parked.append((future, b"".join(chunks)))
+    if len(_parked) == 1:
+        loop.call_soon(_release_parked)
+    body = await future
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve_echo(port: int, parked: bool = False) -> None:
     import uvicorn
 
-    uvicorn.run(echo_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    app = parked_echo_app if parked else echo_app
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 # ------------------------------------------------------------------------------ processes
@@ -111,10 +147,12 @@ def start_service(name: str, batching: bool, cache: Path) -> Target:
     return Target(name, process, port, "/v1/topk")
 
 
-def start_echo() -> Target:
+def start_echo(parked: bool = False) -> Target:
     port = free_port()
-    command = [sys.executable, str(Path(__file__).resolve()), "--serve-echo", str(port)]
-    return Target("echo", subprocess.Popen(command, cwd=ROOT), port, "/echo")
+    flag = "--serve-parked-echo" if parked else "--serve-echo"
+    command = [sys.executable, str(Path(__file__).resolve()), flag, str(port)]
+    name = "parked echo" if parked else "echo"
+    return Target(name, subprocess.Popen(command, cwd=ROOT), port, "/echo")
 
 
 async def wait_ready(target: Target, path: str, timeout: float = 600.0) -> None:
@@ -238,7 +276,7 @@ def payloads() -> dict[str, bytes]:
 
 
 async def run(duration: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """All three servers run at once and every cell is measured back to back on all three, so
+    """All four servers run at once and every cell is measured back to back on all four, so
     that a drift in the machine's load (it is shared) biases no target against another."""
     cache = ROOT / ".jax_cache" / "bench"
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -246,14 +284,15 @@ async def run(duration: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     bodies = payloads()
     targets: list[Target] = []
     try:
-        targets.append(start_echo())
-        await wait_ready(targets[-1], "/")
+        for parked in (False, True):
+            targets.append(start_echo(parked))
+            await wait_ready(targets[-1], "/")
         for name, batching in (("batching on", True), ("batching off", False)):
             # One after the other: the second start loads the first one's kernels from the cache.
             targets.append(start_service(name, batching, cache))
             await wait_ready(targets[-1], "/readyz")
         for label, body in bodies.items():
-            for target in targets[1:]:  # first-touch effects out of the way
+            for target in targets[2:]:  # first-touch effects out of the way
                 await closed_loop(target.port, http_request(target.path, body), 4, 1.0)
             for clients in CONCURRENCY:
                 for target in targets:
@@ -261,7 +300,7 @@ async def run(duration: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                     m = await closed_loop(target.port, request, clients, duration)
                     rows.append(row(target.name, label, clients, m))
                     print(rows[-1], flush=True)
-        on = targets[1]
+        on = targets[2]
         small = http_request(on.path, bodies["small 1x64 k=2"])
         saturation = max(
             r["rps"] for r in rows if r["target"] == on.name and r["payload"].startswith("small")
@@ -297,18 +336,23 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
         f"`python bench/service.py --duration {duration:g}` on {platform.machine()}, "
         f"{os.cpu_count()} CPUs shared by server and load generator, CPU JAX, Python "
         f"{platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Closed-loop "
-        "keep-alive clients; latencies in ms; `echo` is a bare uvicorn app returning the body.",
+        "keep-alive clients; latencies in ms; `echo` is a bare uvicorn app returning the body; "
+        "`parked echo` is the same echo with every request parked on its own future until one "
+        "callback releases all waiting requests (the floor of any dynamic batcher on this stack).",
         "",
-        "| payload | clients | echo req/s | batching on req/s | p50 | p99 | batching off req/s | p50 | p99 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| payload | clients | echo req/s | parked echo req/s | batching on req/s | p50 | p99 "
+        "| batching off req/s | p50 | p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for payload in dict.fromkeys(r["payload"] for r in rows):
         for clients in CONCURRENCY:
             e = find("echo", payload, clients)
+            parked = find("parked echo", payload, clients)
             on = find("batching on", payload, clients)
             off = find("batching off", payload, clients)
             lines.append(
-                f"| {payload} | {clients} | {e['rps']:.0f} | {on['rps']:.0f} | {on['p50_ms']:.1f} | "
+                f"| {payload} | {clients} | {e['rps']:.0f} | {parked['rps']:.0f} | {on['rps']:.0f} | "
+                f"{on['p50_ms']:.1f} | "
                 f"{on['p99_ms']:.1f} | {off['rps']:.0f} | {off['p50_ms']:.1f} | {off['p99_ms']:.1f} |"
             )
     errors = sum(r["errors"] for r in rows) + paced.get("errors", 0)
@@ -348,10 +392,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-parked-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     arguments = parser.parse_args()
-    if arguments.serve_echo:
-        serve_echo(arguments.serve_echo)
+    if arguments.serve_echo or arguments.serve_parked_echo:
+        serve_echo(
+            arguments.serve_echo or arguments.serve_parked_echo,
+            parked=bool(arguments.serve_parked_echo),
+        )
         return
     rows, paced = asyncio.run(run(arguments.duration))
     section = report(rows, paced, arguments.duration)

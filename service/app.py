@@ -10,6 +10,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Route
 
 from service.errors import install_error_handlers
+from service.fast_path import TopKApp
 from service.routes import probes, topk
 from service.runtime import ServiceRuntime
 from service.settings import Settings
@@ -26,7 +27,7 @@ def _operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> TopKApp:
     """A new app with its own runtime and metrics registry (no module-level state)."""
     runtime = ServiceRuntime(settings or Settings.from_env())
 
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(
+    app = TopKApp(
         title="topk-service",
         version="0.1.0",
         description=DESCRIPTION,

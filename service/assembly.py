@@ -54,44 +54,53 @@ class NonFiniteOutput(ArithmeticError):
     """The kernel produced NaN or Inf for a valid request: a server fault, never sent as null."""
 
 
+class SparseBatch:
+    """The support of every row of a batch in descending output order, sorted once for all rows."""
+
+    def __init__(self, out: np.ndarray, lengths: np.ndarray) -> None:
+        inside = np.arange(out.shape[1]) < lengths[:, None]
+        support = (out != 0) & inside
+        # A stable sort of the negated outputs (ties keep ascending index order) with everything
+        # outside the support sorted last; each row's support is then a prefix of its order.
+        self.order = np.argsort(np.where(support, -out, np.inf), axis=1, kind="stable")
+        self.counts = support.sum(axis=1).tolist()
+
+    def gather(self, values: np.ndarray) -> np.ndarray:
+        """``values`` rearranged into the support order (rows stay C-contiguous)."""
+        return np.take_along_axis(values, self.order, axis=1)
+
+
 def sparse_rows(
-    out: np.ndarray,
-    jvp: np.ndarray | None,
+    batch: SparseBatch,
+    sorted_out: np.ndarray,
+    sorted_jvp: np.ndarray | None,
     vjp: np.ndarray | None,
+    rows: range,
     lengths: np.ndarray,
     ks: np.ndarray,
 ) -> list[dict[str, object]]:
-    """Per row: the support in descending output order, the output there, and the derivatives."""
-    if (
-        not np.isfinite(out).all()
-        or (jvp is not None and not np.isfinite(jvp).all())
-        or (vjp is not None and not np.isfinite(vjp).all())
-    ):
-        raise NonFiniteOutput("the kernel returned a non-finite value")
-    rows: list[dict[str, object]] = []
-    for i, (n, k) in enumerate(zip(lengths.tolist(), ks.tolist(), strict=True)):
-        row = out[i, :n]
-        support = np.flatnonzero(row)
-        # A stable sort of the negated outputs: ties keep ascending index order.
-        order = support[np.argsort(-row[support], kind="stable")]
-        answer: dict[str, object] = {"indices": order, "values": np.ascontiguousarray(row[order])}
-        if jvp is not None:
-            answer["jvp"] = np.ascontiguousarray(jvp[i, order])
+    """Per row of ``rows``: its support, the output there, and the derivatives."""
+    answers: list[dict[str, object]] = []
+    for i, n, k in zip(rows, lengths.tolist(), ks.tolist(), strict=True):
+        size = batch.counts[i]
+        answer: dict[str, object] = {
+            "indices": batch.order[i, :size],
+            "values": sorted_out[i, :size],
+        }
+        if sorted_jvp is not None:
+            answer["jvp"] = sorted_jvp[i, :size]
         if vjp is not None:
-            answer["vjp"] = np.ascontiguousarray(vjp[i, :n])
+            answer["vjp"] = vjp[i, :n]
         answer["n"] = n
         answer["k"] = k
-        rows.append(answer)
-    return rows
+        answers.append(answer)
+    return answers
 
 
 def dense_rows(
     out: np.ndarray, jvp: np.ndarray | None, vjp: np.ndarray | None, lengths: np.ndarray
 ) -> list[dict[str, object]]:
     """Per row: the output, and the derivatives, over the row's real entries only."""
-    for array in (out, jvp, vjp):
-        if array is not None and not np.isfinite(array).all():
-            raise NonFiniteOutput("the kernel returned a non-finite value")
     rows: list[dict[str, object]] = []
     for i, n in enumerate(lengths.tolist()):
         answer: dict[str, object] = {"values": np.ascontiguousarray(out[i, :n])}
@@ -117,19 +126,33 @@ def split_batch(
     out = outputs[0]
     jvp = outputs[1] if key.takes_tangent else None
     vjp = outputs[-1] if key.takes_cotangent else None
+    finite = np.isfinite(out).all(axis=1)
+    for derivative in (jvp, vjp):
+        if derivative is not None:
+            finite &= np.isfinite(derivative).all(axis=1)
+    if not dense:
+        lengths = np.concatenate([item.lengths for item in items])
+        real = len(lengths)
+        batch = SparseBatch(out[:real], lengths)
+        sorted_out = batch.gather(out[:real])
+        sorted_jvp = None if jvp is None else batch.gather(jvp[:real])
     answers: list[bytes | BaseException] = []
     start = 0
     for item in items:
         stop = start + item.rows
         try:
-            part_jvp = None if jvp is None else jvp[start:stop]
-            part_vjp = None if vjp is None else vjp[start:stop]
+            if not finite[start:stop].all():
+                raise NonFiniteOutput("the kernel returned a non-finite value")
             payload: dict[str, object]
             if dense:
+                part_jvp = None if jvp is None else jvp[start:stop]
+                part_vjp = None if vjp is None else vjp[start:stop]
                 rows = dense_rows(out[start:stop], part_jvp, part_vjp, item.lengths)
                 payload = {"operator": key.operator, "rows": rows}
             else:
-                rows = sparse_rows(out[start:stop], part_jvp, part_vjp, item.lengths, item.k)
+                rows = sparse_rows(
+                    batch, sorted_out, sorted_jvp, vjp, range(start, stop), item.lengths, item.k
+                )
                 payload = {"operator": key.operator, "output": key.output, "rows": rows}
             answers.append(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
         except Exception as error:  # noqa: BLE001 — this request's fault stays with this request

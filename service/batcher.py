@@ -7,6 +7,11 @@ waited ``max_delay`` seconds, whichever comes first (Triton/Ray Serve semantics)
 ``max_concurrent_batches`` batches are in flight, so the host work of one overlaps the device work
 of another. The queue is bounded: a full queue refuses at once (the caller answers 503).
 
+A request can leave the queue unserved: when its future is cancelled (the client went away) or
+when its timeout passes while it is still queued (its future fails with ``DeadlineExceeded``, at
+the deadline itself). Either way it is dropped before dispatch and costs no device time; once its
+batch has been sent it is computed in full.
+
 The batch function returns one result *or exception* per item, so one bad item never fails its
 batch-mates; only an exception of the batch function itself fails the whole batch.
 """
@@ -36,12 +41,24 @@ class BatcherClosed(Exception):
     """The batcher is draining or stopped and takes no new requests."""
 
 
+class DeadlineExceeded(Exception):
+    """The request was still queued when its timeout ran out; it was never computed."""
+
+
 @dataclass
 class _Job(Generic[T, R]):
     item: T
     rows: int
     enqueued_at: float
     future: asyncio.Future[R] = field(repr=False)
+    sent: bool = False  # taken into a batch: from then on it is computed, whatever happens
+
+
+def _expire(job: _Job[T, R], timeout: float) -> None:
+    if not job.sent and not job.future.done():
+        job.future.set_exception(
+            DeadlineExceeded(f"still queued after its timeout of {timeout:g} s")
+        )
 
 
 BatchFunction = Callable[[K, list[T]], Awaitable[Sequence[R | BaseException]]]
@@ -90,8 +107,19 @@ class Batcher(Generic[K, T, R]):
         if self._controller is None:
             self._controller = asyncio.get_running_loop().create_task(self._control())
 
-    async def submit(self, key: K, item: T, rows: int = 1) -> R:
+    async def submit(self, key: K, item: T, rows: int = 1, timeout: float | None = None) -> R:
         """Queue ``item`` (worth ``rows`` rows of budget) and wait for its own result."""
+        return await self.enqueue(key, item, rows, timeout)
+
+    def enqueue(
+        self, key: K, item: T, rows: int = 1, timeout: float | None = None
+    ) -> asyncio.Future[R]:
+        """Queue ``item`` and return the future of its result.
+
+        Cancelling the future (the client went away) takes the item out of the queue unless its
+        batch has already been sent. If it is still queued ``timeout`` seconds from now, the
+        future fails with :class:`DeadlineExceeded` and the item is dropped before dispatch.
+        """
         if self._closing or self._controller is None:
             raise BatcherClosed("the batcher is not accepting requests")
         if self._queued >= self._max_queued:
@@ -103,6 +131,8 @@ class Batcher(Generic[K, T, R]):
         rows_now = self._queued_rows.get(key, 0) + rows
         self._queued_rows[key] = rows_now
         self._queued += 1
+        if timeout is not None:
+            loop.call_at(job.enqueued_at + timeout, _expire, job, timeout)
         # Wake the controller only when this request changes what it waits for: a new oldest
         # request (a new deadline), a full row budget, or no batching at all. Waking it for every
         # request would cost more than the batching saves.
@@ -113,7 +143,7 @@ class Batcher(Generic[K, T, R]):
             or self._max_delay == 0
         ):
             self._wakeup.set()
-        return await job.future
+        return job.future
 
     async def close(self, *, drain: bool = True) -> None:
         """Stop taking requests; finish the queued ones (``drain``) or fail them, then stop."""
@@ -186,7 +216,7 @@ class Batcher(Generic[K, T, R]):
         now = asyncio.get_running_loop().time()
         while queue:
             job = queue[0]
-            if job.future.done():  # the client went away: do not spend device time on it
+            if job.future.done():  # cancelled or expired: do not spend device time on it
                 queue.popleft()
                 self._queued -= 1
                 self._queued_rows[key] -= job.rows
@@ -196,6 +226,7 @@ class Batcher(Generic[K, T, R]):
             queue.popleft()
             self._queued -= 1
             self._queued_rows[key] -= job.rows
+            job.sent = True
             jobs.append(job)
             rows += job.rows
             if self._observe_wait is not None:

@@ -7,6 +7,7 @@ Latency buckets are finer than the client defaults because a warm kernel answers
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -117,6 +118,24 @@ class ServiceMetrics:
             registry=r,
         )
         r.register(_CompileCollector())
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+
+    def count_request(self, route: str, operator: str, status: int, seconds: float) -> None:
+        """One answered request; the 200s also time their latency, the 4xx count as rejections."""
+        children = self._request_children.get((route, operator, status))
+        if children is None:  # label lookups cost more than the increments: keep the children
+            children = (
+                self.requests.labels(route, operator, str(status)),
+                self.request_seconds.labels(operator) if status == 200 else None,
+                self.rejections.labels(f"http_{status}") if status in (413, 415, 422) else None,
+            )
+            self._request_children[(route, operator, status)] = children
+        total, latency, rejected = children
+        total.inc()
+        if latency is not None:
+            latency.observe(seconds)
+        if rejected is not None:
+            rejected.inc()
 
     def record_build(self, info: dict[str, str]) -> None:
         """Set ``topk_build_info`` (call once JAX is configured, so the backend is the real one)."""

@@ -70,7 +70,7 @@ def _matrix(rows: list[list[float]], lengths: list[int], n: int, field: str) -> 
     return np.ascontiguousarray(matrix)
 
 
-def _snap_p(static: Static, engine: Engine) -> Static:
+def snap_p(static: Static, engine: Engine) -> Static:
     """``p`` replaced by the allowed value it equals (each allowed p is its own executable)."""
     knobs = dict(static)
     if "p" not in knobs:
@@ -96,6 +96,41 @@ def _check_operator(engine: Engine, operator: str, output: str, errors: list[Fie
         errors.append(FieldError(field="output", reason=reason))
 
 
+def layout(
+    engine: Engine,
+    operator: str,
+    output: str,
+    static: Static,
+    x: list[list[float]],
+    ks: list[int],
+    epsilon: float | list[float] | None,
+    tangent: list[list[float]] | None = None,
+    cotangent: list[list[float]] | None = None,
+    lengths: list[int] | None = None,
+) -> PreparedRequest:
+    """A checked request's rows padded to their ``n`` bucket, with its batch key."""
+    if lengths is None:
+        lengths = [len(row) for row in x]
+    n = engine.ladder.n_rung(max(lengths))
+    rows = len(lengths)
+    if epsilon is None:
+        epsilon = float(engine.operators[operator].defaults.get("epsilon", 1.0))
+    derivative = engine.derivative_of(tangent is not None, cotangent is not None)
+    return PreparedRequest(
+        key=BatchKey(operator, output, derivative, static, n),
+        x=_matrix(x, lengths, n, "x"),
+        k=np.asarray(ks, dtype=np.int32),
+        epsilon=(
+            np.full(rows, epsilon, dtype=np.float32)
+            if not isinstance(epsilon, list)
+            else np.asarray(epsilon, dtype=np.float32)
+        ),
+        lengths=np.asarray(lengths, dtype=np.int32),
+        tangent=None if tangent is None else _matrix(tangent, lengths, n, "tangent"),
+        cotangent=None if cotangent is None else _matrix(cotangent, lengths, n, "cotangent"),
+    )
+
+
 def _layout(
     engine: Engine,
     operator: str,
@@ -104,31 +139,9 @@ def _layout(
     request: TopKRequest | DenseRequest,
     ks: list[int],
 ) -> PreparedRequest:
-    lengths = [len(row) for row in request.x]
-    n = engine.ladder.n_rung(max(lengths))
-    rows = len(lengths)
     epsilon = getattr(request, "epsilon", None)
-    if epsilon is None:
-        epsilon = float(engine.operators[operator].defaults.get("epsilon", 1.0))
-    derivative = engine.derivative_of(request.tangent is not None, request.cotangent is not None)
-    return PreparedRequest(
-        key=BatchKey(operator, output, derivative, static, n),
-        x=_matrix(request.x, lengths, n, "x"),
-        k=np.asarray(ks, dtype=np.int32),
-        epsilon=(
-            np.full(rows, epsilon, dtype=np.float32)
-            if isinstance(epsilon, float)
-            else np.asarray(epsilon, dtype=np.float32)
-        ),
-        lengths=np.asarray(lengths, dtype=np.int32),
-        tangent=None
-        if request.tangent is None
-        else _matrix(request.tangent, lengths, n, "tangent"),
-        cotangent=(
-            None
-            if request.cotangent is None
-            else _matrix(request.cotangent, lengths, n, "cotangent")
-        ),
+    return layout(
+        engine, operator, output, static, request.x, ks, epsilon, request.tangent, request.cotangent
     )
 
 
@@ -145,7 +158,7 @@ def prepare_request(request: TopKRequest, engine: Engine) -> PreparedRequest:
     if errors:
         raise ApiError(422, "invalid request", errors)
     static = engine.static_for(request.operator, p=request.p, solver=request.solver)
-    static = _snap_p(static, engine)
+    static = snap_p(static, engine)
     return _layout(engine, request.operator, request.output, static, request, per_row_k(request))
 
 

@@ -73,6 +73,14 @@ class Settings(BaseModel):
         description="Batches in flight (host work of one overlaps device work of another).",
     )
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After of a 503.")
+    request_timeout_ms: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Longest a request may stay queued before it is dropped with 504 (0: no limit). A"
+            " request's X-Request-Timeout-Ms header may lower it, never raise it."
+        ),
+    )
 
     warmup_operators: tuple[str, ...] = Field(
         ("sparse", "hard"), description="Operators compiled at start-up (e.g. sparse, hard, soft)."

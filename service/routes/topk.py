@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from api.errors import ErrorBody, FieldError
+from api.errors import ErrorBody
 from api.models import (
     DenseRequest,
     DenseResponse,
@@ -24,16 +24,15 @@ from api.models import (
     TopKRequest,
     TopKResponse,
 )
-from service.batcher import BatcherClosed, QueueFull
 from service.body import check_json_content_type, read_capped_body
-from service.engine import BucketNotWarm
 from service.errors import ApiError, field_errors
+from service.fast_path import INLINE_PARSE_BYTES
 from service.prepared import PreparedRequest, prepare_dense_request, prepare_request
 from service.runtime import ServiceRuntime
+from service.submission import TIMEOUT_HEADER, ClientGone, answer, count, request_timeout
 
 router = APIRouter(tags=["topk"])
 
-INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 
 _REQUEST_SCHEMA = TopKRequest.model_json_schema()
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -43,7 +42,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (415, "Content-Type is not application/json."),
         (422, "A field is invalid; the body names it and says why."),
         (503, "Queue full, warming or draining; retry after the Retry-After header."),
+        (504, "Still queued when the request's timeout (X-Request-Timeout-Ms) ran out."),
     )
+}
+_TIMEOUT_PARAMETER = {
+    "name": "X-Request-Timeout-Ms",
+    "in": "header",
+    "required": False,
+    "description": "Drop the request with 504 if it is still queued after this many milliseconds"
+    " (at most the server's TOPK_REQUEST_TIMEOUT_MS).",
+    "schema": {"type": "number", "exclusiveMinimum": 0},
 }
 
 
@@ -59,16 +67,6 @@ def _parse(body: bytes, model: type[Any]) -> Any:
         raise ApiError(422, "invalid request", field_errors(error)) from None
 
 
-def _unavailable(runtime: ServiceRuntime, reason: str, why: str) -> ApiError:
-    runtime.metrics.rejections.labels(reason).inc()
-    return ApiError(
-        503,
-        "service unavailable",
-        [FieldError(field="request", reason=why)],
-        headers={"Retry-After": str(runtime.settings.retry_after_seconds)},
-    )
-
-
 async def _answer(
     request: Request,
     runtime: ServiceRuntime,
@@ -77,6 +75,9 @@ async def _answer(
 ) -> tuple[bytes, str]:
     """Read, parse and check the body, queue it, and wait for its own answer (and operator)."""
     check_json_content_type(request)
+    timeout = request_timeout(
+        request.headers.get(TIMEOUT_HEADER), runtime.settings.request_timeout_ms
+    )
     body = await read_capped_body(request, runtime.settings.max_body_bytes)
     if len(body) <= INLINE_PARSE_BYTES:
         prepared = prepare(_parse(body, model))
@@ -84,16 +85,7 @@ async def _answer(
         loop = asyncio.get_running_loop()
         parsed = await loop.run_in_executor(None, _parse, body, model)
         prepared = await loop.run_in_executor(None, prepare, parsed)
-    if runtime.state in ("draining", "stopped"):
-        raise _unavailable(runtime, "draining", "the server is shutting down")
-    try:
-        payload = await runtime.batcher.submit(prepared.key, prepared, prepared.rows)
-    except QueueFull as error:
-        raise _unavailable(runtime, "queue_full", str(error)) from None
-    except BatcherClosed as error:
-        raise _unavailable(runtime, "draining", str(error)) from None
-    except BucketNotWarm as error:
-        raise _unavailable(runtime, "not_warm", str(error)) from None
+    payload = await answer(runtime, prepared, timeout, request.receive)
     return payload, prepared.key.operator
 
 
@@ -113,23 +105,23 @@ async def _serve(
         return Response(payload, media_type="application/json")
     except ApiError as error:
         status = error.status
-        if status in (413, 415, 422):
-            runtime.metrics.rejections.labels(f"http_{status}").inc()
         raise
+    except ClientGone:
+        status = 499  # nginx's "client closed request": counted, never sent
+        return Response(status_code=499)
     finally:
-        runtime.metrics.requests.labels(route, operator, str(status)).inc()
-        if status == 200:
-            runtime.metrics.request_seconds.labels(operator).observe(time.perf_counter() - started)
+        count(runtime, route, operator, status, started)
 
 
 @router.post(
     "/v1/topk",
     summary="Top-k of each row, with optional JVP/VJP",
     openapi_extra={
+        "parameters": [_TIMEOUT_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": _REQUEST_SCHEMA}},
-        }
+        },
     },
     responses={200: {"model": TopKResponse}, **_ERRORS},
     response_class=Response,
@@ -178,10 +170,11 @@ for _name, _model in DENSE_ROUTES:
         methods=["POST"],
         summary=f"Soft {_name}" if _name != "isotonic" else "Isotonic regression",
         openapi_extra={
+            "parameters": [_TIMEOUT_PARAMETER],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _model.model_json_schema()}},
-            }
+            },
         },
         responses={200: {"model": DenseResponse}, **_ERRORS},
         response_class=Response,

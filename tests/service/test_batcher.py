@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.batcher import Batcher, BatcherClosed, QueueFull
+from service.batcher import Batcher, BatcherClosed, DeadlineExceeded, QueueFull
 
 
 class Recorder:
@@ -209,6 +209,36 @@ def test_a_batch_function_returning_the_wrong_count_fails_the_batch() -> None:
             batcher.submit("a", 1), batcher.submit("a", 2), return_exceptions=True
         )
         assert all(isinstance(r, RuntimeError) for r in results)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_still_queued_at_its_deadline_fails_and_is_never_computed() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = make(recorder, max_delay=0.2)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        late = batcher.enqueue("a", 1, timeout=0.02)
+        on_time = batcher.enqueue("a", 2, timeout=5.0)
+        with pytest.raises(DeadlineExceeded):
+            await late
+        assert loop.time() - started < 0.15  # answered at its deadline, not at the batch's
+        assert await on_time == 20
+        assert recorder.batches == [("a", [2])]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_deadline_that_passes_during_the_computation_changes_nothing() -> None:
+    async def main() -> None:
+        recorder = Recorder(delay=0.05)
+        batcher = make(recorder, max_delay=0.0)
+        batcher.start()
+        assert await batcher.submit("a", 4, timeout=0.01) == 40  # sent at once, computed in full
         await batcher.close()
 
     asyncio.run(main())

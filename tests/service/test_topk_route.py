@@ -7,10 +7,13 @@ import asyncio
 import httpx
 import jax
 import numpy as np
+import orjson
+import pytest
 
 import core
 from api.models import TopKResponse
 from service.compile_events import compile_stats
+from service.routes import topk as topk_routes
 from tests.service.serving import ServerThread
 
 
@@ -184,3 +187,35 @@ def test_every_metric_family_moves_with_traffic(server: ServerThread) -> None:
     assert "topk_queued_requests 0.0" in text
     assert metric(server, "topk_ready") == 1.0
     assert "topk_build_info{" in text
+
+
+def test_the_fast_and_the_strict_path_answer_byte_for_byte_alike(http: httpx.Client) -> None:
+    bodies = [
+        {"x": [[-3.0, -1.0, -2.0, 5.0]], "k": 3, "operator": "hard", "output": "values"},
+        {"x": [[0.0, 1.0, -1.0]], "k": 2, "operator": "hard", "output": "values"},
+        {"x": [[0.3, 2.0, -1.0, 1.9, 0.5], [4.0, 1.0]], "k": [2, 1], "epsilon": 0.5},
+        {"x": [[0.3, -2.0, 1.0]], "k": 2, "output": "magnitude", "p": 2, "solver": "pav"},
+    ]
+    for body in bodies:
+        content = orjson.dumps(body)
+        fast = http.post("/v1/topk", content=content, headers={"content-type": "application/json"})
+        strict = http.post(
+            "/v1/topk", content=content, headers={"content-type": "application/vnd.topk+json"}
+        )
+        assert fast.status_code == strict.status_code == 200, (fast.text, strict.text)
+        assert fast.content == strict.content
+    negative = http.post("/v1/topk", json=bodies[0]).json()["rows"][0]
+    assert (negative["indices"], negative["values"]) == ([3, 1, 2], [5.0, -1.0, -2.0])
+    zero = http.post("/v1/topk", json=bodies[1]).json()["rows"][0]
+    assert zero["indices"] == [1]  # the selected 0.0 has output 0: not in the support
+
+
+def test_a_plain_request_never_reaches_pydantic(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_: object) -> None:
+        raise AssertionError("the strict path parsed a plain request")
+
+    monkeypatch.setattr(topk_routes, "_parse", refuse)
+    response = http.post("/v1/topk", json={"x": [[0.3, 2.0, -1.0]], "k": 1})
+    assert response.status_code == 200, response.text

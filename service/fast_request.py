@@ -1,0 +1,141 @@
+"""Reading a plainly valid ``POST /v1/topk`` body without pydantic.
+
+Nearly every request a sidecar sends is valid and simple, and for a 1×64 request pydantic's strict
+parse plus our cross-field checks cost more than the device. :meth:`PlainTopKReader.read` reads the
+body with orjson and accepts it only when a handful of exact type and range tests prove it valid;
+at the least doubt (a wrong type, an unknown or derivative field, a value out of range, a float32
+overflow) it returns ``None`` and the request takes the strict path, which writes the 4xx body.
+So this reader never accepts what the strict path refuses, and both lay an accepted request out
+with the same :func:`~service.prepared.layout` (tests check both on many bodies).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from api.validation import OPERATOR_PARAMETERS
+from service.engine import Engine
+from service.errors import ApiError
+from service.kernels import Static
+from service.prepared import PreparedRequest, layout, snap_p
+
+PLAIN_FIELDS = frozenset(
+    {"x", "k", "operator", "output", "epsilon", "p", "solver", "tangent", "cotangent"}
+)
+SOLVERS = frozenset({"auto", "threshold", "pav", "dykstra"})
+NUMBER_TYPES = frozenset({float, int})  # by exact type: bool, a subclass of int, is refused
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in NUMBER_TYPES and math.isfinite(value)
+
+
+def _is_positive_number(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _rows_of(x: Any, max_rows: int, max_n: int) -> list[int] | None:
+    """The row lengths of ``x`` if it is 1..max_rows rows of 1..max_n numbers, else None."""
+    if type(x) is not list or not 0 < len(x) <= max_rows:
+        return None
+    lengths = []
+    for row in x:
+        # orjson yields float or int for every JSON number and refuses NaN and infinities.
+        if (
+            type(row) is not list
+            or not 0 < len(row) <= max_n
+            or not set(map(type, row)) <= NUMBER_TYPES
+        ):
+            return None
+        lengths.append(len(row))
+    return lengths
+
+
+def _ks_of(k: Any, lengths: list[int], max_k: int) -> list[int] | None:
+    """One k per row if every k is an int in 1..min(max_k, row length), else None."""
+    ks = [k] * len(lengths) if type(k) is int else k
+    if type(ks) is not list or len(ks) != len(lengths):
+        return None
+    for value, n in zip(ks, lengths, strict=True):
+        if type(value) is not int or not 1 <= value <= min(max_k, n):
+            return None
+    return ks
+
+
+def _epsilon_of(epsilon: Any, rows: int) -> tuple[bool, float | list[float] | None]:
+    """(ok, epsilon): one positive number, one per row, or None."""
+    if epsilon is None or _is_positive_number(epsilon):
+        return True, epsilon
+    if type(epsilon) is list and len(epsilon) == rows and all(map(_is_positive_number, epsilon)):
+        return True, epsilon
+    return False, None
+
+
+class PlainTopKReader:
+    """Reads plainly valid bodies for one engine (and remembers each operator's compile knobs)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._statics: dict[tuple[str, Any, Any], Static] = {}
+
+    def _static(self, operator: str, p: Any, solver: Any) -> Static:
+        key = (operator, p, solver)
+        static = self._statics.get(key)
+        if static is None:  # ApiError for a p that is not offered: the strict path says so
+            static = snap_p(self.engine.static_for(operator, p=p, solver=solver), self.engine)
+            if len(self._statics) < 64:  # clients choose p: bound what they can make us keep
+                self._statics[key] = static
+        return static
+
+    def read(self, body: bytes) -> PreparedRequest | None:
+        """The prepared request of a plainly valid body, or ``None`` to take the strict path."""
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if (
+            type(request) is not dict
+            or not request.keys() <= PLAIN_FIELDS
+            or request.get("tangent") is not None
+            or request.get("cotangent") is not None
+        ):
+            return None
+        engine = self.engine
+        limits = engine.limits
+        x: list[list[float]] = request.get("x")  # type: ignore[assignment]  # checked below
+        lengths = _rows_of(x, limits.max_rows, limits.max_n)
+        if lengths is None:
+            return None
+        ks = _ks_of(request.get("k"), lengths, limits.max_k)
+        operator = request.get("operator", "sparse")
+        output = request.get("output", "mask")
+        available = engine.operators.get(operator) if type(operator) is str else None
+        if (
+            ks is None
+            or available is None
+            or available.spec.kind != "topk"
+            or type(output) is not str
+            or output not in available.functions
+        ):
+            return None
+        applicable = OPERATOR_PARAMETERS.get(operator, frozenset())
+        p, solver = request.get("p"), request.get("solver")
+        epsilon_ok, epsilon = _epsilon_of(request.get("epsilon"), len(lengths))
+        if (
+            not epsilon_ok
+            or (p is not None and not _is_number(p))
+            or (solver is not None and (type(solver) is not str or solver not in SOLVERS))
+            or any(
+                request.get(name) is not None and name not in applicable
+                for name in ("epsilon", "p", "solver")
+            )
+        ):
+            return None
+        try:
+            static = self._static(operator, p, solver)
+            return layout(engine, operator, output, static, x, ks, epsilon, lengths=lengths)
+        except ApiError:  # e.g. a float32 overflow or a p not offered: the strict path says which
+            return None
