@@ -126,10 +126,11 @@ def split_batch(
     out = outputs[0]
     jvp = outputs[1] if key.takes_tangent else None
     vjp = outputs[-1] if key.takes_cotangent else None
-    finite = np.isfinite(out).all(axis=1)
+    finite_rows = np.isfinite(out).all(axis=1)
     for derivative in (jvp, vjp):
         if derivative is not None:
-            finite &= np.isfinite(derivative).all(axis=1)
+            finite_rows &= np.isfinite(derivative).all(axis=1)
+    finite = finite_rows.tolist()
     if not dense:
         lengths = np.concatenate([item.lengths for item in items])
         real = len(lengths)
@@ -141,7 +142,7 @@ def split_batch(
     for item in items:
         stop = start + item.rows
         try:
-            if not finite[start:stop].all():
+            if not all(finite[start:stop]):
                 raise NonFiniteOutput("the kernel returned a non-finite value")
             payload: dict[str, object]
             if dense:

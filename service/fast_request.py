@@ -126,11 +126,11 @@ class PlainTopKReader:
         epsilon_ok, epsilon = _epsilon_of(request.get("epsilon"), len(lengths))
         if (
             not epsilon_ok
-            or (p is not None and not _is_number(p))
-            or (solver is not None and (type(solver) is not str or solver not in SOLVERS))
-            or any(
-                request.get(name) is not None and name not in applicable
-                for name in ("epsilon", "p", "solver")
+            or (epsilon is not None and "epsilon" not in applicable)
+            or (p is not None and ("p" not in applicable or not _is_number(p)))
+            or (
+                solver is not None
+                and ("solver" not in applicable or type(solver) is not str or solver not in SOLVERS)
             )
         ):
             return None
