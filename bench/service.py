@@ -40,27 +40,42 @@ CONCURRENCY = (1, 16, 64)
 # ------------------------------------------------------------------------------ echo server
 
 
-async def echo_app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-                   send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:  # fmt: skip
-    """The HTTP floor: read the whole body and send it back, nothing else."""
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Receive) -> bytes:
     chunks = []
     more = True
     while more:
         message = await receive()
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def _send_json(send: Send, body: bytes) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def echo_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """The HTTP floor: read the whole body and send it back, nothing else."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    await _send_json(send, await _read_body(receive))
 
 
 _parked: list[tuple[asyncio.Future[bytes], bytes]] = []
@@ -73,28 +88,19 @@ def _release_parked() -> None:
         future.set_result(body)
 
 
-async def parked_echo_app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-                          send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:  # fmt: skip
+async def parked_echo_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """The floor of any dynamic batcher on this stack: the echo, but every request waits on its
     own future until a callback releases all waiting requests at once (no parsing, no device)."""
     if scope["type"] == "lifespan":
-        await echo_app(scope, receive, send)
+        await _lifespan(receive, send)
         return
-    chunks = []
-    more = True
-    while more:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
+    body = await _read_body(receive)
     loop = asyncio.get_running_loop()
     future: asyncio.Future[bytes] = loop.create_future()
-    _parked.append((future, b"".join(chunks)))
+    _parked.append((future, body))
     if len(_parked) == 1:
         loop.call_soon(_release_parked)
-    body = await future
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await _send_json(send, await future)
 
 
 def serve_echo(port: int, parked: bool = False) -> None:

@@ -16,6 +16,9 @@ from tests.service.test_topk_route import metric
 
 BODY = {"x": [[1.0, 2.0, 0.5]], "k": 1, "operator": "hard"}
 FAST, STRICT = "application/json", "application/vnd.topk+json"  # the strict path takes any +json
+BATCHES = "topk_batch_requests_count"
+DEADLINES = 'topk_rejections_total{reason="deadline"}'
+GONE = 'topk_rejections_total{reason="client_disconnected"}'
 QUIET = {  # one tiny kernel to warm up; a long batching delay keeps a lone request queued
     "warmup_operators": ("hard",),
     "warmup_row_buckets": (1,),
@@ -30,6 +33,13 @@ def slow_batches() -> Iterator[ServerThread]:
         yield running
 
 
+def post(server: ServerThread, content_type: str, timeout_ms: str) -> httpx.Response:
+    headers = {"content-type": content_type, "x-request-timeout-ms": timeout_ms}
+    return httpx.post(
+        server.url + "/v1/topk", content=json.dumps(BODY), headers=headers, timeout=30
+    )
+
+
 def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -42,22 +52,16 @@ def test_a_request_queued_past_its_timeout_gets_504_and_is_never_computed(
     slow_batches: ServerThread, content_type: str
 ) -> None:
     server = slow_batches
-    batches = metric(server, "topk_batch_requests_count")
-    deadlines = metric(server, 'topk_rejections_total{reason="deadline"}')
+    batches, deadlines = metric(server, BATCHES), metric(server, DEADLINES)
     started = time.monotonic()
-    response = httpx.post(
-        server.url + "/v1/topk",
-        content=json.dumps(BODY),
-        headers={"content-type": content_type, "x-request-timeout-ms": "50"},
-        timeout=30,
-    )
+    response = post(server, content_type, "50")
     assert response.status_code == 504, response.text
     assert time.monotonic() - started < 0.9  # at its deadline, before the batch would have run
     errors = response.json()["errors"]
     assert errors[0]["field"] == "request" and "timeout of 0.05 s" in errors[0]["reason"]
-    assert metric(server, 'topk_rejections_total{reason="deadline"}') == deadlines + 1
+    assert metric(server, DEADLINES) == deadlines + 1
     wait_for(lambda: server.runtime.batcher.depth == 0)  # dropped when its batch came due
-    assert metric(server, "topk_batch_requests_count") == batches
+    assert metric(server, BATCHES) == batches
 
 
 @pytest.mark.parametrize("content_type", [FAST, STRICT])
@@ -65,11 +69,7 @@ def test_a_request_queued_past_its_timeout_gets_504_and_is_never_computed(
 def test_a_bad_timeout_header_gets_422_naming_it(
     slow_batches: ServerThread, content_type: str, value: str
 ) -> None:
-    response = httpx.post(
-        slow_batches.url + "/v1/topk",
-        content=json.dumps(BODY),
-        headers={"content-type": content_type, "x-request-timeout-ms": value},
-    )
+    response = post(slow_batches, content_type, value)
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "x-request-timeout-ms"
 
@@ -78,12 +78,7 @@ def test_a_bad_timeout_header_gets_422_naming_it(
 def test_a_timeout_longer_than_the_wait_changes_nothing(
     slow_batches: ServerThread, content_type: str
 ) -> None:
-    response = httpx.post(
-        slow_batches.url + "/v1/topk",
-        content=json.dumps(BODY),
-        headers={"content-type": content_type, "x-request-timeout-ms": "20000"},
-        timeout=30,
-    )
+    response = post(slow_batches, content_type, "20000")
     assert response.status_code == 200, response.text
     assert response.json()["rows"][0]["indices"] == [1]
 
@@ -93,8 +88,7 @@ def test_a_client_that_disconnects_while_queued_is_never_computed(
     slow_batches: ServerThread, content_type: str
 ) -> None:
     server = slow_batches
-    batches = metric(server, "topk_batch_requests_count")
-    gone = metric(server, 'topk_rejections_total{reason="client_disconnected"}')
+    batches, gone = metric(server, BATCHES), metric(server, GONE)
     body = json.dumps(BODY).encode()
     head = (
         f"POST /v1/topk HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
@@ -103,9 +97,9 @@ def test_a_client_that_disconnects_while_queued_is_never_computed(
     with socket.create_connection(("127.0.0.1", server.port)) as client:
         client.sendall(head.encode() + body)
         wait_for(lambda: server.runtime.batcher.depth == 1)
-    wait_for(lambda: metric(server, 'topk_rejections_total{reason="client_disconnected"}') > gone)
+    wait_for(lambda: metric(server, GONE) > gone)
     wait_for(lambda: server.runtime.batcher.depth == 0)
-    assert metric(server, "topk_batch_requests_count") == batches
+    assert metric(server, BATCHES) == batches
     assert metric(server, 'topk_requests_total{operator="hard",route="/v1/topk",status="499"}') >= 1
 
 
