@@ -2,8 +2,8 @@
 
 For a small request, FastAPI's middleware stack, routing and a pydantic parse cost several times
 the device call. :class:`TopKApp` is the FastAPI app with one difference: a ``POST /v1/topk`` with
-a JSON body of known length is read here and, if :func:`~service.fast_request.read_plain_topk`
-accepts it, queued and answered without entering the framework. Anything else (another route, a
+a JSON body of known length is read here and, if
+:meth:`~service.fast_request.PlainTopKReader.read` accepts it, queued and answered without entering the framework. Anything else (another route, a
 chunked or oversized body, another content type, any doubt about the body) is handed to FastAPI
 with the body replayed, where the strict path answers exactly as it would have.
 """
