@@ -1,7 +1,9 @@
 """Host-side halves of a device call: stack requests into one padded batch, and split it back.
 
-Padding is NumPy on the host (an eager ``jnp.pad`` would compile once per raw shape). Padding rows
-get length 1 and k 1 rather than 0, so that no solver ever sees an empty row, and are dropped.
+Requests arrive as checked lists; NumPy lays out a whole batch at once (one conversion for
+equal-length rows), never one request at a time, and never ``jnp.pad`` (an eager JAX call would
+compile once per raw shape). Padding rows get length 1 and k 1 rather than 0, so that no solver
+ever sees an empty row, and are dropped.
 """
 
 from __future__ import annotations
@@ -16,37 +18,53 @@ from service.kernels import KernelInputs, KernelKey
 from service.prepared import PreparedRequest
 
 
+def _stack(groups: list[list[list[float]]], lengths: list[int], bucket: ShapeBucket) -> np.ndarray:
+    """The rows of every request, in order, zero-padded to the bucket's shape as float32."""
+    matrix = np.zeros((bucket.rows, bucket.n), dtype=np.float32)
+    rows = [row for group in groups for row in group]
+    shortest = min(lengths)
+    if shortest == max(lengths):  # one NumPy conversion for the whole batch
+        matrix[: len(rows), :shortest] = rows
+    else:
+        for i, row in enumerate(rows):
+            matrix[i, : len(row)] = row
+    return matrix
+
+
+def _per_row(items: Sequence[PreparedRequest], spare: int) -> tuple[list[int], list[float]]:
+    ks: list[int] = []
+    epsilons: list[float] = []
+    for item in items:
+        ks += item.k
+        epsilon = item.epsilon
+        epsilons += epsilon if isinstance(epsilon, list) else [epsilon] * len(item.lengths)
+    return ks + [1] * spare, epsilons + [1.0] * spare
+
+
 def pad_batch(items: Sequence[PreparedRequest], bucket: ShapeBucket) -> KernelInputs:
     """One :class:`KernelInputs` of ``bucket``'s shape holding every row of ``items`` in order."""
-    real = sum(item.rows for item in items)
-    spare = bucket.rows - real
-    if spare < 0:
-        raise ValueError(f"{real} rows do not fit in bucket {bucket}")
-
-    def rows_of(arrays: list[np.ndarray], fill: float | int, dtype: type) -> np.ndarray:
-        pad = np.full((spare, *arrays[0].shape[1:]), fill, dtype=dtype)
-        return np.ascontiguousarray(np.concatenate([*arrays, pad]), dtype=dtype)
-
+    lengths = [n for item in items for n in item.lengths]
+    spare = bucket.rows - len(lengths)
+    if spare < 0 or max(lengths) > bucket.n:
+        raise ValueError(f"{len(lengths)} rows of up to {max(lengths)} do not fit in {bucket}")
+    ks, epsilons = _per_row(items, spare)
     first = items[0]
+    tangent = cotangent = None
+    if first.tangent is not None:
+        tangent = _stack(
+            [item.tangent for item in items if item.tangent is not None], lengths, bucket
+        )
+    if first.cotangent is not None:
+        cotangent = _stack(
+            [item.cotangent for item in items if item.cotangent is not None], lengths, bucket
+        )
     return KernelInputs(
-        x=rows_of([item.x for item in items], 0.0, np.float32),
-        k=rows_of([item.k for item in items], 1, np.int32),
-        epsilon=rows_of([item.epsilon for item in items], 1.0, np.float32),
-        lengths=rows_of([item.lengths for item in items], 1, np.int32),
-        tangent=(
-            None
-            if first.tangent is None
-            else rows_of(
-                [item.tangent for item in items if item.tangent is not None], 0.0, np.float32
-            )
-        ),
-        cotangent=(
-            None
-            if first.cotangent is None
-            else rows_of(
-                [item.cotangent for item in items if item.cotangent is not None], 0.0, np.float32
-            )
-        ),
+        x=_stack([item.x for item in items], lengths, bucket),
+        k=np.array(ks, dtype=np.int32),
+        epsilon=np.array(epsilons, dtype=np.float32),
+        lengths=np.array(lengths + [1] * spare, dtype=np.int32),
+        tangent=tangent,
+        cotangent=cotangent,
     )
 
 
@@ -76,12 +94,12 @@ def sparse_rows(
     sorted_jvp: np.ndarray | None,
     vjp: np.ndarray | None,
     rows: range,
-    lengths: np.ndarray,
-    ks: np.ndarray,
+    lengths: list[int],
+    ks: list[int],
 ) -> list[dict[str, object]]:
     """Per row of ``rows``: its support, the output there, and the derivatives."""
     answers: list[dict[str, object]] = []
-    for i, n, k in zip(rows, lengths.tolist(), ks.tolist(), strict=True):
+    for i, n, k in zip(rows, lengths, ks, strict=True):
         size = batch.counts[i]
         answer: dict[str, object] = {
             "indices": batch.order[i, :size],
@@ -98,11 +116,11 @@ def sparse_rows(
 
 
 def dense_rows(
-    out: np.ndarray, jvp: np.ndarray | None, vjp: np.ndarray | None, lengths: np.ndarray
+    out: np.ndarray, jvp: np.ndarray | None, vjp: np.ndarray | None, lengths: list[int]
 ) -> list[dict[str, object]]:
     """Per row: the output, and the derivatives, over the row's real entries only."""
     rows: list[dict[str, object]] = []
-    for i, n in enumerate(lengths.tolist()):
+    for i, n in enumerate(lengths):
         answer: dict[str, object] = {"values": np.ascontiguousarray(out[i, :n])}
         if jvp is not None:
             answer["jvp"] = np.ascontiguousarray(jvp[i, :n])
@@ -132,7 +150,7 @@ def split_batch(
             finite_rows &= np.isfinite(derivative).all(axis=1)
     finite = finite_rows.tolist()
     if not dense:
-        lengths = np.concatenate([item.lengths for item in items])
+        lengths = np.array([n for item in items for n in item.lengths], dtype=np.int32)
         real = len(lengths)
         batch = SparseBatch(out[:real], lengths)
         sorted_out = batch.gather(out[:real])

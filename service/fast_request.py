@@ -21,7 +21,7 @@ from api.validation import OPERATOR_PARAMETERS
 from service.engine import Engine
 from service.errors import ApiError
 from service.kernels import Static
-from service.prepared import PreparedRequest, layout, snap_p
+from service.prepared import PreparedRequest, fits_float32, layout, snap_p
 
 # Listed, not read from the model: a field added to TopKRequest later must take the strict path
 # until this reader learns it.
@@ -41,19 +41,22 @@ def _is_positive_number(value: Any) -> bool:
 
 
 def _rows_of(x: Any, max_rows: int, max_n: int) -> list[int] | None:
-    """The row lengths of ``x`` if it is 1..max_rows rows of 1..max_n numbers, else None."""
+    """The row lengths of ``x`` if it is 1..max_rows rows of 1..max_n numbers, else None.
+
+    The body holds no JSON ``true`` or ``false`` (checked by the caller) and orjson yields only
+    finite floats and ints for numbers, so any entry that is not a number (a string, null, a list,
+    an object) makes ``min``, ``max`` or their comparison with a float raise ``TypeError``.
+    """
     if type(x) is not list or not 0 < len(x) <= max_rows:
         return None
     lengths = []
-    for row in x:
-        # orjson yields float or int for every JSON number and refuses NaN and infinities.
-        if (
-            type(row) is not list
-            or not 0 < len(row) <= max_n
-            or not set(map(type, row)) <= NUMBER_TYPES
-        ):
-            return None
-        lengths.append(len(row))
+    try:
+        for row in x:
+            if type(row) is not list or not 0 < len(row) <= max_n or not fits_float32(row):
+                return None
+            lengths.append(len(row))
+    except TypeError:
+        return None
     return lengths
 
 
@@ -95,6 +98,8 @@ class PlainTopKReader:
 
     def read(self, body: bytes) -> PreparedRequest | None:
         """The prepared request of a plainly valid body, or ``None`` to take the strict path."""
+        if b"true" in body or b"false" in body:  # no field takes a boolean: let pydantic say so
+            return None
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -140,5 +145,5 @@ class PlainTopKReader:
         try:
             static = self._static(operator, p, solver)
             return layout(engine, operator, output, static, x, ks, epsilon, lengths=lengths)
-        except ApiError:  # e.g. a float32 overflow or a p not offered: the strict path says which
+        except ApiError:  # a p not offered: the strict path says so
             return None

@@ -50,7 +50,7 @@ class TopKPipeline:
         m.compute_seconds.labels(key.operator, str(bucket)).observe(seconds)
         m.batch_rows.observe(real_rows)
         m.batch_requests.observe(len(items))
-        real_entries = int(inputs.lengths[:real_rows].sum())
+        real_entries = sum(sum(item.lengths) for item in items)
         m.padding_ratio.observe(1.0 - real_entries / elements)
         dense = self.engine.operators[key.operator].spec.kind == "dense"
         return await self._on_host(elements, split_batch, kernel, outputs, items, dense)

@@ -1,4 +1,4 @@
-"""A validated request turned into padded float32/int32 host arrays, plus its batch key.
+"""A validated request, ready to queue: its checked rows and per-row data, plus its batch key.
 
 All checks that could refuse a request happen here, before it is queued, so that a batch only ever
 holds requests that can be computed: one bad request never fails its batch-mates.
@@ -7,10 +7,7 @@ holds requests that can be computed: one bad request never fails its batch-mates
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
-
-import numpy as np
 
 from api.errors import FieldError
 from api.models import DenseRequest, IsotonicRequest, SoftSortRequest, TopKRequest
@@ -35,44 +32,48 @@ class BatchKey(NamedTuple):
     n: int
 
 
-@dataclass(frozen=True)
-class PreparedRequest:
-    """One request's rows, already padded to its ``n`` bucket, with per-row data."""
+class PreparedRequest(NamedTuple):
+    """One checked request, still as the lists it came in: NumPy starts once per batch.
+
+    Every number is known to be finite in float32, every k fits its row; the batch's host work
+    (:func:`~service.assembly.pad_batch`) lays all requests of a batch out in one go, which for
+    small requests costs far less than one set of arrays per request.
+    """
 
     key: BatchKey
-    x: np.ndarray  # (rows, n) float32, zero beyond each row's length
-    k: np.ndarray  # (rows,) int32
-    epsilon: np.ndarray  # (rows,) float32
-    lengths: np.ndarray  # (rows,) int32
-    tangent: np.ndarray | None
-    cotangent: np.ndarray | None
+    x: list[list[float]]
+    k: list[int]
+    epsilon: float | list[float]  # one for every row, or one per row
+    lengths: list[int]
+    tangent: list[list[float]] | None
+    cotangent: list[list[float]] | None
 
     @property
     def rows(self) -> int:
-        return int(self.x.shape[0])
+        return len(self.lengths)
 
 
-def _matrix(rows: list[list[float]], lengths: list[int], n: int, field: str) -> np.ndarray:
-    """Rows padded with zeros to ``n`` columns, as float32; 422 if a value overflows float32."""
-    with np.errstate(over="ignore"):  # overflow is reported below, naming the entry
-        if len(set(lengths)) == 1:
-            dense = np.asarray(rows, dtype=np.float32)
-            if lengths[0] == n:
-                matrix = dense
-            else:  # np.pad costs ten times this
-                matrix = np.zeros((len(rows), n), dtype=np.float32)
-                matrix[:, : lengths[0]] = dense
-        else:
-            matrix = np.zeros((len(rows), n), dtype=np.float32)
-            for i, row in enumerate(rows):
-                matrix[i, : len(row)] = row
-    if not np.isfinite(matrix).all():
-        i, j = np.argwhere(~np.isfinite(matrix))[0]
-        reason = f"{rows[i][j]!r} is not a finite float32 (|value| must be below 3.4e38)"
+# Above this magnitude a float rounds to infinity in float32 (float32's largest value plus half a
+# unit in the last place; the tie rounds to even, which is infinity).
+FLOAT32_OVERFLOW = 3.4028235677973366e38
+
+
+def fits_float32(row: list[float]) -> bool:
+    """Whether every number of ``row`` stays finite in float32 (``TypeError`` for a non-number;
+    a NaN can hide from ``min`` and ``max``, so callers that might hold one check it apart)."""
+    return min(row) > -FLOAT32_OVERFLOW and max(row) < FLOAT32_OVERFLOW
+
+
+def check_float32(rows: list[list[float]], field: str) -> None:
+    """422 naming the first entry of ``rows`` that overflows float32, if any."""
+    for i, row in enumerate(rows):
+        if fits_float32(row) and not math.isnan(sum(row)):  # min and max skip a NaN
+            continue
+        j = next(j for j, value in enumerate(row) if not abs(value) < FLOAT32_OVERFLOW)
+        reason = f"{row[j]!r} is not a finite float32 (|value| must be below 3.4e38)"
         raise ApiError(
             422, "invalid request", [FieldError(field=f"{field}[{i}][{j}]", reason=reason)]
         )
-    return matrix
 
 
 def snap_p(static: Static, engine: Engine) -> Static:
@@ -113,27 +114,14 @@ def layout(
     cotangent: list[list[float]] | None = None,
     lengths: list[int] | None = None,
 ) -> PreparedRequest:
-    """A checked request's rows padded to their ``n`` bucket, with its batch key."""
+    """A checked request with its batch key (its rows' ``n`` bucket and kernel)."""
     if lengths is None:
         lengths = [len(row) for row in x]
-    n = engine.ladder.n_rung(max(lengths))
-    rows = len(lengths)
     if epsilon is None:
         epsilon = float(engine.operators[operator].defaults.get("epsilon", 1.0))
     derivative = engine.derivative_of(tangent is not None, cotangent is not None)
-    return PreparedRequest(
-        key=BatchKey(operator, output, derivative, static, n),
-        x=_matrix(x, lengths, n, "x"),
-        k=np.asarray(ks, dtype=np.int32),
-        epsilon=(
-            np.full(rows, epsilon, dtype=np.float32)
-            if not isinstance(epsilon, list)
-            else np.asarray(epsilon, dtype=np.float32)
-        ),
-        lengths=np.asarray(lengths, dtype=np.int32),
-        tangent=None if tangent is None else _matrix(tangent, lengths, n, "tangent"),
-        cotangent=None if cotangent is None else _matrix(cotangent, lengths, n, "cotangent"),
-    )
+    key = BatchKey(operator, output, derivative, static, engine.ladder.n_rung(max(lengths)))
+    return PreparedRequest(key, x, ks, epsilon, lengths, tangent, cotangent)
 
 
 def _layout(
@@ -145,6 +133,10 @@ def _layout(
     ks: list[int],
 ) -> PreparedRequest:
     epsilon = getattr(request, "epsilon", None)
+    for field in ("x", "tangent", "cotangent"):
+        rows = getattr(request, field)
+        if rows is not None:
+            check_float32(rows, field)
     return layout(
         engine, operator, output, static, request.x, ks, epsilon, request.tangent, request.cotangent
     )
