@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from service.app import create_app
+from service.http_protocol import http_protocol
 from service.runtime import ServiceRuntime
 from service.settings import Settings
 
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lifespan="on",  # a failing start-up must stop the process, not be ignored
         timeout_graceful_shutdown=arguments.graceful_timeout,
         timeout_keep_alive=75,  # above common proxy idle timeouts (60 s), so no stray 502s
+        http=http_protocol(app) if settings.http_fast_path else "auto",
     )
     DrainingServer(config, app.state.runtime).run()
 

@@ -32,7 +32,7 @@ _TIMEOUT_HEADER = TIMEOUT_HEADER.encode()
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-class _Headers:
+class PlainHeaders:
     """The three request headers the fast path looks at (ASGI gives them lower-cased)."""
 
     __slots__ = ("length", "json", "timeout")
@@ -69,10 +69,42 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
+def plain_topk_headers(scope: Scope, max_bytes: int) -> PlainHeaders | None:
+    """The headers of a ``POST /v1/topk`` with a JSON body of at most ``max_bytes``, else None."""
+    if scope["path"] != ROUTE or scope["method"] != "POST":
+        return None
+    headers = PlainHeaders(scope)
+    if not headers.json or headers.length is None or headers.length > max_bytes:
+        return None
+    return headers
+
+
+def error_body(error: ApiError) -> bytes:
+    return orjson.dumps(error.body.model_dump())
+
+
+INTERNAL_ERROR = orjson.dumps(ErrorBody(error="internal server error").model_dump())
+
+
 class TopKApp(FastAPI):
     """The service's FastAPI app, with the fast path of ``POST /v1/topk`` in front of it."""
 
     _reader: PlainTopKReader | None = None
+
+    @property
+    def runtime(self) -> ServiceRuntime:
+        runtime: ServiceRuntime = self.state.runtime
+        return runtime
+
+    def plain_reader(self) -> PlainTopKReader | None:
+        """The reader of plainly valid bodies, or None while the runtime takes no requests."""
+        runtime = self.runtime
+        if runtime.state not in ("ready", "warming", "draining"):
+            return None  # the strict path answers (503, or the error it finds first)
+        reader = self._reader
+        if reader is None or reader.engine is not runtime.engine:
+            reader = self._reader = PlainTopKReader(runtime.engine)
+        return reader
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == ROUTE and scope["method"] == "POST":
@@ -84,10 +116,9 @@ class TopKApp(FastAPI):
 
     async def _fast_topk(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """Serve the request and return None, or return the ``receive`` the strict path reads."""
-        runtime: ServiceRuntime = self.state.runtime
-        headers = _Headers(scope)
-        limit = runtime.settings.max_body_bytes
-        if not headers.json or headers.length is None or headers.length > limit:
+        runtime = self.runtime
+        headers = plain_topk_headers(scope, runtime.settings.max_body_bytes)
+        if headers is None:
             return receive  # the strict path streams it, or answers 413/415 naming the field
         started = time.perf_counter()
         chunks = []
@@ -99,11 +130,9 @@ class TopKApp(FastAPI):
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if runtime.state not in ("ready", "warming", "draining"):
+        reader = self.plain_reader()
+        if reader is None:
             return _replay(body, receive)
-        reader = self._reader
-        if reader is None or reader.engine is not runtime.engine:
-            reader = self._reader = PlainTopKReader(runtime.engine)
         if len(body) <= INLINE_PARSE_BYTES:
             prepared = reader.read(body)
         else:
@@ -121,14 +150,12 @@ class TopKApp(FastAPI):
             await _send(send, 200, payload)
         except ApiError as error:
             status = error.status
-            await _send(send, status, orjson.dumps(error.body.model_dump()), error.headers)
+            await _send(send, status, error_body(error), error.headers)
         except ClientGone:
             status = 499  # nginx's "client closed request": counted, never sent
         except Exception:
             log.exception("unhandled error on POST %s", ROUTE)
-            await _send(
-                send, 500, orjson.dumps(ErrorBody(error="internal server error").model_dump())
-            )
+            await _send(send, 500, INTERNAL_ERROR)
         finally:
             count(runtime, ROUTE, operator, status, started)
         return None

@@ -74,18 +74,42 @@ def _watch(
         watchers.append(asyncio.ensure_future(_cancel_on_disconnect(receive, future)))
 
 
-async def answer(
-    runtime: ServiceRuntime, prepared: PreparedRequest, timeout: float | None, receive: Receive
-) -> bytes:
-    """Queue ``prepared`` and return its JSON answer (``ApiError`` for 503/504, or ``ClientGone``)."""
+def submit(
+    runtime: ServiceRuntime, prepared: PreparedRequest, timeout: float | None
+) -> asyncio.Future[bytes]:
+    """Queue ``prepared``; the future of its JSON answer, or ``ApiError`` (503) at once."""
     if runtime.state in ("draining", "stopped"):
         raise unavailable(runtime, "draining", "the server is shutting down")
     try:
-        future = runtime.batcher.enqueue(prepared.key, prepared, prepared.rows, timeout)
+        return runtime.batcher.enqueue(prepared.key, prepared, prepared.rows, timeout)
     except QueueFull as error:
         raise unavailable(runtime, "queue_full", str(error)) from None
     except BatcherClosed as error:
         raise unavailable(runtime, "draining", str(error)) from None
+
+
+def failure(runtime: ServiceRuntime, error: BaseException) -> ApiError | None:
+    """The answer for an exception a queued request ended with; None for a server fault."""
+    if isinstance(error, DeadlineExceeded):
+        runtime.metrics.rejections.labels("deadline").inc()
+        return ApiError(504, "deadline exceeded", [FieldError(field="request", reason=str(error))])
+    if isinstance(error, BatcherClosed):
+        return unavailable(runtime, "draining", str(error))
+    if isinstance(error, BucketNotWarm):
+        return unavailable(runtime, "not_warm", str(error))
+    return None
+
+
+def client_gone(runtime: ServiceRuntime) -> ClientGone:
+    runtime.metrics.rejections.labels("client_disconnected").inc()
+    return ClientGone()
+
+
+async def answer(
+    runtime: ServiceRuntime, prepared: PreparedRequest, timeout: float | None, receive: Receive
+) -> bytes:
+    """Queue ``prepared`` and return its JSON answer (``ApiError`` for 503/504, or ``ClientGone``)."""
+    future = submit(runtime, prepared, timeout)
     watchers: list[asyncio.Task[None]] = []
     loop = asyncio.get_running_loop()
     timer = loop.call_later(WATCH_AFTER_SECONDS, _watch, receive, future, watchers)
@@ -93,18 +117,12 @@ async def answer(
         return await future
     except asyncio.CancelledError:
         if future.cancelled() and watchers and watchers[0].done():
-            runtime.metrics.rejections.labels("client_disconnected").inc()
-            raise ClientGone() from None
+            raise client_gone(runtime) from None
         raise
-    except DeadlineExceeded as error:
-        runtime.metrics.rejections.labels("deadline").inc()
-        raise ApiError(
-            504, "deadline exceeded", [FieldError(field="request", reason=str(error))]
-        ) from None
-    except BatcherClosed as error:
-        raise unavailable(runtime, "draining", str(error)) from None
-    except BucketNotWarm as error:
-        raise unavailable(runtime, "not_warm", str(error)) from None
+    except (DeadlineExceeded, BatcherClosed, BucketNotWarm) as error:
+        mapped = failure(runtime, error)
+        assert mapped is not None
+        raise mapped from None
     finally:
         timer.cancel()
         for watcher in watchers:

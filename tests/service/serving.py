@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from service import Settings, create_app
+from service.http_protocol import http_protocol
 from service.runtime import ServiceRuntime
 
 # Small ladders keep warm-up to a few seconds; tests that need more compile on demand.
@@ -38,14 +39,22 @@ def small_settings(**overrides: object) -> Settings:
 class ServerThread:
     """``with ServerThread(settings) as server:`` serves at ``server.url`` until the block ends."""
 
-    def __init__(self, settings: Settings, wait_ready: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, wait_ready: bool = True, fast_protocol: bool = True
+    ) -> None:
         self.app = create_app(settings)
         self.runtime: ServiceRuntime = self.app.state.runtime
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            http=http_protocol(self.app) if fast_protocol else "auto",
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="uvicorn-test", daemon=True)
         self._wait_ready = wait_ready
@@ -74,6 +83,8 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def serving(**overrides: object) -> Iterator[ServerThread]:
-    with ServerThread(small_settings(**overrides)) as server:
+def serving(fast_protocol: bool = True, **overrides: object) -> Iterator[ServerThread]:
+    """A test server as ``python -m service`` runs it; ``fast_protocol=False`` keeps every request
+    on the ASGI path."""
+    with ServerThread(small_settings(**overrides), fast_protocol=fast_protocol) as server:
         yield server

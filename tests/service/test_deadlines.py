@@ -1,5 +1,6 @@
 """Requests that can no longer be useful are dropped before dispatch: a passed deadline (504) or a
-client that went away. Both the fast path (application/json) and the strict path are checked."""
+client that went away. The fast paths (application/json, answered in uvicorn's protocol or by the
+ASGI app) and the strict path are all checked."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ QUIET = {  # one tiny kernel to warm up; a long batching delay keeps a lone requ
 }
 
 
-@pytest.fixture(scope="module")
-def slow_batches() -> Iterator[ServerThread]:
-    with serving(**QUIET) as running:
+@pytest.fixture(scope="module", params=[True, False], ids=["protocol", "asgi"])
+def slow_batches(request: pytest.FixtureRequest) -> Iterator[ServerThread]:
+    """A server whose plain requests are answered in uvicorn's protocol, or by the ASGI app."""
+    with serving(fast_protocol=request.param, **QUIET) as running:
         yield running
 
 
