@@ -18,16 +18,24 @@ from service.kernels import KernelInputs, KernelKey
 from service.prepared import PreparedRequest
 
 
-def _stack(groups: list[list[list[float]]], lengths: list[int], bucket: ShapeBucket) -> np.ndarray:
+def _stack(
+    groups: Sequence[list[list[float]] | np.ndarray], lengths: list[int], bucket: ShapeBucket
+) -> np.ndarray:
     """The rows of every request, in order, zero-padded to the bucket's shape as float32."""
     matrix = np.zeros((bucket.rows, bucket.n), dtype=np.float32)
-    rows = [row for group in groups for row in group]
     shortest = min(lengths)
-    if shortest == max(lengths):  # one NumPy conversion for the whole batch
-        matrix[: len(rows), :shortest] = rows
-    else:
-        for i, row in enumerate(rows):
-            matrix[i, : len(row)] = row
+    if shortest == max(lengths) and not any(isinstance(group, np.ndarray) for group in groups):
+        # One NumPy conversion for the whole batch.
+        matrix[: len(lengths), :shortest] = [row for group in groups for row in group]
+        return matrix
+    start = 0
+    for group in groups:
+        if isinstance(group, np.ndarray):  # already a zero-padded matrix
+            matrix[start : start + len(group), : group.shape[1]] = group
+        else:
+            for i, row in enumerate(group, start):
+                matrix[i, : len(row)] = row
+        start += len(group)
     return matrix
 
 

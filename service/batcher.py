@@ -5,7 +5,9 @@ queue is sent as one batch when its rows reach the row budget, or when its oldes
 waited ``max_delay`` seconds, whichever comes first (Triton/Ray Serve semantics); with a delay of
 0 whatever has queued while the previous batches ran goes together. At most
 ``max_concurrent_batches`` batches are in flight, so the host work of one overlaps the device work
-of another. The queue is bounded: a full queue refuses at once (the caller answers 503).
+of another; but beyond the first, only a batch that cannot grow any more (its row budget is full,
+or batching is off) is sent: a partial batch is better off waiting for the device, gathering the
+requests that arrive meanwhile, than going out small. The queue is bounded: a full queue refuses at once (the caller answers 503).
 
 A request can leave the queue unserved: when its future is cancelled (the client went away) or
 when its timeout passes while it is still queued (its future fails with ``DeadlineExceeded``, at
@@ -94,6 +96,7 @@ class Batcher(Generic[K, T, R]):
         self._slots = asyncio.Semaphore(max_concurrent_batches)
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._running = 0  # batches sent and not yet answered
         self._controller: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -168,7 +171,9 @@ class Batcher(Generic[K, T, R]):
         loop = asyncio.get_running_loop()
         while True:
             self._wakeup.clear()
-            key, wait = self._due(loop.time())
+            # While a batch is in flight only a batch that cannot grow (full, or batching off) may
+            # take another slot; a partial one waits, gathering what arrives meanwhile.
+            key, wait = self._due(loop.time(), only_final=self._running > 0)
             if key is None:
                 if self._closing and self._queued == 0:
                     return
@@ -185,12 +190,16 @@ class Batcher(Generic[K, T, R]):
             if not jobs:
                 self._slots.release()
                 continue
+            self._running += 1
             task = loop.create_task(self._dispatch(key, jobs))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    def _due(self, now: float) -> tuple[K | None, float | None]:
-        """The key whose batch should go now (oldest first), else the time until one is due."""
+    def _due(self, now: float, only_final: bool = False) -> tuple[K | None, float | None]:
+        """The key whose batch should go now (oldest first), else the time until one is due.
+
+        With ``only_final`` only a batch that cannot grow any more qualifies, and no time is
+        given (the batch in flight wakes the controller when it ends)."""
         due_key: K | None = None
         due_since = float("inf")
         next_wait: float | None = None
@@ -199,11 +208,11 @@ class Batcher(Generic[K, T, R]):
                 continue
             oldest = queue[0].enqueued_at
             deadline = oldest + self._max_delay
-            full = self._queued_rows[key] >= self._max_rows
-            if not self._batching or self._closing or full or deadline <= now:
+            final = not self._batching or self._closing or self._queued_rows[key] >= self._max_rows
+            if final or (deadline <= now and not only_final):
                 if oldest < due_since:
                     due_key, due_since = key, oldest
-            else:
+            elif not only_final:
                 wait = deadline - now
                 next_wait = wait if next_wait is None else min(next_wait, wait)
         return due_key, next_wait
@@ -257,5 +266,6 @@ class Batcher(Generic[K, T, R]):
                 else:
                     job.future.set_result(result)
         finally:
+            self._running -= 1
             self._slots.release()
             self._wakeup.set()

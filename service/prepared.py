@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
+
 from api.errors import FieldError
 from api.models import DenseRequest, IsotonicRequest, SoftSortRequest, TopKRequest
 from api.validation import per_row_k, size_errors, validate_dense_request, validate_topk_request
@@ -41,7 +43,7 @@ class PreparedRequest(NamedTuple):
     """
 
     key: BatchKey
-    x: list[list[float]]
+    x: list[list[float]] | np.ndarray  # a big plain body comes as a zero-padded float32 matrix
     k: list[int]
     epsilon: float | list[float]  # one for every row, or one per row
     lengths: list[int]
@@ -107,7 +109,7 @@ def layout(
     operator: str,
     output: str,
     static: Static,
-    x: list[list[float]],
+    x: list[list[float]] | np.ndarray,
     ks: list[int],
     epsilon: float | list[float] | None,
     tangent: list[list[float]] | None = None,
@@ -119,6 +121,10 @@ def layout(
         lengths = [len(row) for row in x]
     if epsilon is None:
         epsilon = float(engine.operators[operator].defaults.get("epsilon", 1.0))
+    largest = max(epsilon) if isinstance(epsilon, list) else epsilon
+    if not largest < FLOAT32_OVERFLOW:  # positive is checked already; infinity is not allowed
+        reason = f"{largest!r} is not a finite float32 (it must be below 3.4e38)"
+        raise ApiError(422, "invalid request", [FieldError(field="epsilon", reason=reason)])
     derivative = engine.derivative_of(tangent is not None, cotangent is not None)
     key = BatchKey(operator, output, derivative, static, engine.ladder.n_rung(max(lengths)))
     return PreparedRequest(key, x, ks, epsilon, lengths, tangent, cotangent)

@@ -165,6 +165,30 @@ def test_requests_queued_while_the_slots_are_busy_go_together() -> None:
     asyncio.run(main())
 
 
+def test_a_second_slot_takes_only_a_full_batch() -> None:
+    """With two slots, a partial batch waits for the batch in flight (and keeps growing); a batch
+    that fills its row budget goes at once, beside it."""
+
+    async def main() -> None:
+        recorder = Recorder(delay=0.05)
+        batcher = make(recorder, max_delay=0.0, max_concurrent_batches=2, max_batch_rows=4)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("a", 0))
+        await asyncio.sleep(0.01)  # the first batch is running now
+        partial = [asyncio.ensure_future(batcher.submit("a", i)) for i in (1, 2)]
+        await asyncio.sleep(0.02)
+        assert len(recorder.batches) == 1, "a partial batch must wait for the one in flight"
+        full = [asyncio.ensure_future(batcher.submit("b", 0, rows=2)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert [key for key, _ in recorder.batches] == ["a", "b"], "a full batch goes at once"
+        partial.append(asyncio.ensure_future(batcher.submit("a", 3)))
+        await asyncio.gather(first, *partial, *full)
+        assert recorder.batches == [("a", [0]), ("b", [0, 0]), ("a", [1, 2, 3])]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_a_cancelled_request_is_dropped_before_dispatch() -> None:
     async def main() -> None:
         recorder = Recorder()

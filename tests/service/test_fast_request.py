@@ -14,7 +14,7 @@ from service.assembly import pad_batch
 from service.buckets import ShapeBucket
 from service.engine import Engine
 from service.errors import ApiError
-from service.fast_request import PlainTopKReader
+from service.fast_request import NUMPY_BODY_BYTES, PlainTopKReader
 from service.operators import available_operators
 from service.prepared import PreparedRequest, prepare_request
 from tests.service.serving import small_settings
@@ -89,6 +89,15 @@ INVALID: list[object] = [
     {"x": [[{"a": 1}, {"b": 2}]], "k": 1},
     {"x": [["a", "b"]], "k": 1},
     {"x": [[False]], "k": 1},
+    {"x": [["1.5", "2"]], "k": 1},  # NumPy would read these as numbers
+    {"x": [[0.5, 1.0], ["1.5", "2"]], "k": 1},
+    {"x": [[0.5, None, 1.0]], "k": 1},
+    {"x": [[0.5, 1.0], [None, 1.0]], "k": 1},
+    {"x": [[0.5, 1.0], [[1.0], 1.0]], "k": 1},
+    {"x": [[0.5, 1.0], [0.5]], "k": [1, "1"]},
+    {"x": [[0.5, 1.0]], "k": 1, "epsilon": ["0.5"]},
+    {"x": [[0.5, 1.0]], "k": 1, "epsilon": 1e39},  # infinite in float32
+    {"x": [[0.5, 1.0], [0.5]], "k": 1, "epsilon": [1.0, 1e39]},
     {"x": [[0.1, 0.2]], "k": 1, "extra": 1},
     [1, 2],
     "text",
@@ -127,11 +136,17 @@ def assert_same(fast: PreparedRequest, slow: PreparedRequest, engine: Engine) ->
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+def padded(body: bytes, big: bool) -> bytes:
+    """The same JSON document, made bigger than the size where the reader switches to NumPy."""
+    return b" " * (NUMPY_BODY_BYTES + 1) + body if big else body
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["small", "big"])
 @pytest.mark.parametrize("request_body", VALID)
 def test_a_valid_body_reads_exactly_as_on_the_strict_path(
-    engine: Engine, request_body: object
+    engine: Engine, request_body: object, big: bool
 ) -> None:
-    body = json.dumps(request_body).encode()
+    body = padded(json.dumps(request_body).encode(), big)
     slow = strict(body, engine)
     assert slow is not None, "the oracle must accept this body"
     fast = PlainTopKReader(engine).read(body)
@@ -139,9 +154,13 @@ def test_a_valid_body_reads_exactly_as_on_the_strict_path(
     assert_same(fast, slow, engine)
 
 
+@pytest.mark.parametrize("big", [False, True], ids=["small", "big"])
 @pytest.mark.parametrize("request_body", [*INVALID, *RAW_INVALID])
-def test_a_body_the_strict_path_refuses_is_left_to_it(engine: Engine, request_body: object) -> None:
+def test_a_body_the_strict_path_refuses_is_left_to_it(
+    engine: Engine, request_body: object, big: bool
+) -> None:
     body = request_body if isinstance(request_body, bytes) else json.dumps(request_body).encode()
+    body = padded(body, big and bool(body))
     assert strict(body, engine) is None, "the oracle must refuse this body"
     assert PlainTopKReader(engine).read(body) is None
 
@@ -170,7 +189,7 @@ def test_mutated_bodies_never_pass_the_fast_path_alone(engine: Engine) -> None:
             request[fields[rng.integers(len(fields))]] = replacements[
                 rng.integers(len(replacements))
             ]
-        body = json.dumps(request).encode()
+        body = padded(json.dumps(request).encode(), big=rng.random() < 0.5)
         fast, slow = reader.read(body), strict(body, engine)
         if fast is not None:
             accepted += 1
