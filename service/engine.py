@@ -1,23 +1,23 @@
 """The engine: compiled kernels per shape bucket, and the one thread that talks to the device.
 
-All device work (compiling, running, waiting for results) happens on a single executor thread, so
-JAX is never called concurrently and the event loop never blocks on it. The engine is built and
+All device work (compiling, running, waiting for results) happens on a single thread
+(:class:`~service.device_thread.DeviceThread`), so JAX is never called concurrently and the event
+loop never blocks on it. The engine is built and
 warmed inside the app's lifespan, never at import time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
 import numpy as np
 
 from service.buckets import BucketLadder, ShapeBucket
+from service.device_thread import DeviceThread
 from service.kernels import CompiledKernels, Derivative, KernelInputs, KernelKey, Static
 from service.operators import AvailableOperator
 from service.settings import Settings
@@ -47,7 +47,7 @@ class Engine:
         self.kernels = CompiledKernels(
             operators, on_compile=self._compiled, devices=settings.devices
         )
-        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topk-device")
+        self._device = DeviceThread("topk-device")
         self.warm = False
 
     def _compiled(self, key: KernelKey, seconds: float) -> None:
@@ -93,11 +93,10 @@ class Engine:
         One executor call per kernel lets a shutdown cancel between kernels, and lets requests that
         arrive during warm-up be served in between.
         """
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         keys = list(self.warmup_keys())
         for key in keys:
-            await loop.run_in_executor(self._device, self.kernels.get, key)
+            await self._device.run(self.kernels.get, key)
         self._phase = "request"
         self.warm = True
         log.info("warm-up compiled %d kernels in %.1f s", len(keys), time.perf_counter() - started)
@@ -117,9 +116,7 @@ class Engine:
         self, key: KernelKey, inputs: KernelInputs
     ) -> tuple[tuple[np.ndarray, ...], float]:
         """One device call of ``key``'s kernel: its outputs as NumPy arrays and the device time."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._device, self._run, key, inputs
-        )
+        return await self._device.run(self._run, key, inputs)
 
     def derivative_of(self, has_tangent: bool, has_cotangent: bool) -> Derivative:
         if has_tangent and has_cotangent:
@@ -129,4 +126,4 @@ class Engine:
         return "vjp" if has_cotangent else "none"
 
     def close(self) -> None:
-        self._device.shutdown(wait=True, cancel_futures=True)
+        self._device.close()

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.buffered_metrics import BufferedCounter, BufferedHistogram
 from service.compile_events import compile_stats
 
 LATENCY_BUCKETS = (
@@ -54,7 +55,8 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
+        # The three observed on every request are buffered (service/buffered_metrics.py).
+        self.requests = BufferedCounter(
             "topk_requests",
             'Requests by route, operator ("unknown" when the body was not understood) and status.',
             ["route", "operator", "status"],
@@ -63,14 +65,14 @@ class ServiceMetrics:
         self.rejections = Counter(
             "topk_rejections", "Refused requests by reason.", ["reason"], registry=r
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = BufferedHistogram(
             "topk_request_duration_seconds",
             "Time in the server, body read to response bytes.",
             ["operator"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_seconds = Histogram(
+        self.queue_seconds = BufferedHistogram(
             "topk_queue_duration_seconds",
             "Time a request waited in the batcher's queue.",
             buckets=LATENCY_BUCKETS,
@@ -136,6 +138,11 @@ class ServiceMetrics:
             latency.observe(seconds)
         if rejected is not None:
             rejected.inc()
+
+    def fold(self) -> None:
+        """Bound the memory of the buffered per-request metrics (call once per batch)."""
+        self.request_seconds.maybe_fold()
+        self.queue_seconds.maybe_fold()
 
     def record_build(self, info: dict[str, str]) -> None:
         """Set ``topk_build_info`` (call once JAX is configured, so the backend is the real one)."""

@@ -52,6 +52,7 @@ class TopKPipeline:
         m.batch_requests.observe(len(items))
         real_entries = sum(sum(item.lengths) for item in items)
         m.padding_ratio.observe(1.0 - real_entries / elements)
+        m.fold()
         dense = self.engine.operators[key.operator].spec.kind == "dense"
         return await self._on_host(elements, split_batch, kernel, outputs, items, dense)
 
