@@ -16,6 +16,11 @@ batch has been sent it is computed in full.
 
 The batch function returns one result *or exception* per item, so one bad item never fails its
 batch-mates; only an exception of the batch function itself fails the whole batch.
+
+A batch that must first wait for something other than the device (its kernel compiling, when its
+shape was not warmed up) says so through the optional ``prepare`` hook; it gives its slot back
+while it waits, so batches of other keys keep the device busy meanwhile instead of stalling
+behind a compile.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ def _expire(job: _Job[T, R], timeout: float) -> None:
 
 
 BatchFunction = Callable[[K, list[T]], Awaitable[Sequence[R | BaseException]]]
+# What a batch must wait for before it can run (None: nothing), e.g. its kernel compiling.
+PrepareFunction = Callable[[K, list[T]], Awaitable[object] | None]
 
 
 class Batcher(Generic[K, T, R]):
@@ -79,6 +86,7 @@ class Batcher(Generic[K, T, R]):
         max_concurrent_batches: int = 1,
         batching: bool = True,
         observe_wait: Callable[[float], None] | None = None,
+        prepare: PrepareFunction[K, T] | None = None,
     ) -> None:
         if max_batch_rows < 1 or max_queued < 1 or max_concurrent_batches < 1 or max_delay < 0:
             raise ValueError(
@@ -90,6 +98,7 @@ class Batcher(Generic[K, T, R]):
         self._max_queued = max_queued
         self._batching = batching
         self._observe_wait = observe_wait
+        self._prepare = prepare
         self._queues: dict[K, collections.deque[_Job[T, R]]] = {}
         self._queued_rows: dict[K, int] = {}  # kept up to date, so no queue is ever summed
         self._queued = 0
@@ -246,8 +255,22 @@ class Batcher(Generic[K, T, R]):
         return jobs
 
     async def _dispatch(self, key: K, jobs: list[_Job[T, R]]) -> None:
+        items = [job.item for job in jobs]
+        holding = True  # this batch's slot
         try:
-            results = await self._process(key, [job.item for job in jobs])
+            waiting = None if self._prepare is None else self._prepare(key, items)
+            if waiting is not None:  # not the device's work: give the slot back meanwhile
+                self._running -= 1
+                self._slots.release()
+                holding = False
+                self._wakeup.set()  # another key's batch may go now
+                try:
+                    await waiting
+                finally:
+                    await self._slots.acquire()
+                    self._running += 1
+                    holding = True
+            results = await self._process(key, items)
             if len(results) != len(jobs):
                 raise RuntimeError(
                     f"batch function returned {len(results)} results for {len(jobs)}"
@@ -266,6 +289,7 @@ class Batcher(Generic[K, T, R]):
                 else:
                     job.future.set_result(result)
         finally:
-            self._running -= 1
-            self._slots.release()
+            if holding:
+                self._running -= 1
+                self._slots.release()
             self._wakeup.set()

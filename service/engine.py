@@ -1,13 +1,15 @@
 """The engine: compiled kernels per shape bucket, and the one thread that talks to the device.
 
-All device work (compiling, running, waiting for results) happens on a single thread
-(:class:`~service.device_thread.DeviceThread`), so JAX is never called concurrently and the event
-loop never blocks on it. The engine is built and
+Device calls (running a kernel, waiting for its results) happen on a single thread
+(:class:`~service.device_thread.DeviceThread`), so executables never run concurrently and the event
+loop never blocks on them. Compiling happens on a second thread of its own: a kernel compiling for
+a shape that was not warmed up (seconds) does not stall the batches of warm kernels meanwhile. The engine is built and
 warmed inside the app's lifespan, never at import time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +50,7 @@ class Engine:
             operators, on_compile=self._compiled, devices=settings.devices
         )
         self._device = DeviceThread("topk-device")
+        self._compiler = DeviceThread("topk-compile")
         self.warm = False
 
     def _compiled(self, key: KernelKey, seconds: float) -> None:
@@ -88,7 +91,7 @@ class Engine:
                             yield KernelKey(operator, output, derivative, static, bucket)
 
     async def warm_up(self) -> int:
-        """Compile every warm-up kernel on the device thread, one call each; returns how many.
+        """Compile every warm-up kernel on the compile thread, one call each; returns how many.
 
         One executor call per kernel lets a shutdown cancel between kernels, and lets requests that
         arrive during warm-up be served in between.
@@ -96,16 +99,27 @@ class Engine:
         started = time.perf_counter()
         keys = list(self.warmup_keys())
         for key in keys:
-            await self._device.run(self.kernels.get, key)
+            await self._compiler.run(self.kernels.get, key)
         self._phase = "request"
         self.warm = True
         log.info("warm-up compiled %d kernels in %.1f s", len(keys), time.perf_counter() - started)
         return len(keys)
 
-    def _run(self, key: KernelKey, inputs: KernelInputs) -> tuple[tuple[np.ndarray, ...], float]:
+    def _check_warm(self, key: KernelKey) -> None:
         if key not in self.kernels and self.warm and not self.settings.compile_on_demand:
             raise BucketNotWarm(f"kernel {key} is not compiled and compile_on_demand is off")
-        executable = self.kernels.get(key)
+
+    def compile(self, key: KernelKey) -> asyncio.Future[Any] | None:
+        """None if ``key``'s kernel is ready; else the future of its compile on the compile thread
+        (:class:`BucketNotWarm` if compiling on demand is off)."""
+        if key in self.kernels:
+            return None
+        self._check_warm(key)
+        return self._compiler.run(self.kernels.get, key)
+
+    def _run(self, key: KernelKey, inputs: KernelInputs) -> tuple[tuple[np.ndarray, ...], float]:
+        self._check_warm(key)
+        executable = self.kernels.get(key)  # compiled by compile() first; here only as a fallback
         started = time.perf_counter()
         outputs = executable(*inputs.arguments(key))
         jax.block_until_ready(outputs)  # device time ends here, not at the (async) dispatch
@@ -126,4 +140,5 @@ class Engine:
         return "vjp" if has_cotangent else "none"
 
     def close(self) -> None:
+        self._compiler.close()
         self._device.close()

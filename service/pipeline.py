@@ -7,7 +7,7 @@ would cost more than the work), so it overlaps with the device thread's work on 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -36,12 +36,22 @@ class TopKPipeline:
             return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self._host, function, *args)
 
+    def kernel_for(self, key: BatchKey, items: list[PreparedRequest]) -> KernelKey:
+        """The kernel of this batch: its rows padded to the next row bucket."""
+        real_rows = sum(item.rows for item in items)
+        bucket = ShapeBucket(self.engine.ladder.row_rung(real_rows), key.n)
+        return KernelKey(key.operator, key.output, key.derivative, key.static, bucket)
+
+    def prepare(self, key: BatchKey, items: list[PreparedRequest]) -> Awaitable[object] | None:
+        """The batcher's ``prepare`` hook: the compile this batch waits for, if its kernel is cold."""
+        return self.engine.compile(self.kernel_for(key, items))
+
     async def __call__(
         self, key: BatchKey, items: list[PreparedRequest]
     ) -> Sequence[bytes | BaseException]:
+        kernel = self.kernel_for(key, items)
+        bucket = kernel.bucket
         real_rows = sum(item.rows for item in items)
-        bucket = ShapeBucket(self.engine.ladder.row_rung(real_rows), key.n)
-        kernel = KernelKey(key.operator, key.output, key.derivative, key.static, bucket)
         elements = bucket.rows * bucket.n
         inputs = await self._on_host(elements, pad_batch, items, bucket)
         outputs, seconds = await self.engine.run(kernel, inputs)

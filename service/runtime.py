@@ -79,6 +79,7 @@ class ServiceRuntime:
             max_concurrent_batches=s.max_concurrent_batches,
             batching=s.batching,
             observe_wait=self.metrics.queue_seconds.observe,
+            prepare=self._pipeline.prepare,
         )
         self.metrics.track_queue_depth(lambda: self.batcher.depth)
         self._batcher.start()

@@ -266,3 +266,58 @@ def test_a_deadline_that_passes_during_the_computation_changes_nothing() -> None
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_a_batch_waiting_to_be_prepared_lets_other_keys_run() -> None:
+    """A batch whose ``prepare`` hook hands back an awaitable (its kernel compiling) gives its slot
+    back while it waits: another key's batches run meanwhile; then it runs, and a failed
+    preparation fails only that batch."""
+
+    async def main() -> None:
+        recorder = Recorder()
+        compiles: dict[str, asyncio.Future[None]] = {}
+
+        def prepare(key: str, items: list[int]) -> asyncio.Future[None] | None:
+            if key == "warm":
+                return None
+            return compiles.setdefault(key, asyncio.get_running_loop().create_future())
+
+        batcher = make(recorder, max_delay=0.0, max_concurrent_batches=1, prepare=prepare)
+        batcher.start()
+        cold = asyncio.ensure_future(batcher.submit("cold", 1))
+        broken = asyncio.ensure_future(batcher.submit("broken", 2))
+        await asyncio.sleep(0.01)
+        assert set(compiles) == {"cold", "broken"}, "both waited, neither held the one slot"
+        for i in range(3):  # the one slot serves warm batches meanwhile, one after the other
+            assert await batcher.submit("warm", i) == i * 10
+        assert not cold.done() and recorder.batches == [("warm", [0]), ("warm", [1]), ("warm", [2])]
+        compiles["cold"].set_result(None)
+        compiles["broken"].set_exception(RuntimeError("compile failed"))
+        assert await cold == 10
+        with pytest.raises(RuntimeError, match="compile failed"):
+            await broken
+        assert ("broken", [2]) not in recorder.batches  # never computed
+        assert await batcher.submit("warm", 5) == 50  # every slot is back
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_prepare_hook_that_raises_fails_only_its_batch() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+
+        def prepare(key: str, items: list[int]) -> None:
+            if key == "refused":
+                raise LookupError("not warm")
+
+        batcher = make(recorder, max_delay=0.0, prepare=prepare)
+        batcher.start()
+        refused = asyncio.ensure_future(batcher.submit("refused", 1))
+        fine = asyncio.ensure_future(batcher.submit("fine", 2))
+        with pytest.raises(LookupError, match="not warm"):
+            await refused
+        assert await fine == 20
+        await batcher.close()
+
+    asyncio.run(main())
