@@ -3,8 +3,8 @@
 Nearly every request a sidecar sends is valid and simple, and for a 1×64 request pydantic's strict
 parse plus our cross-field checks cost more than the device. :meth:`PlainTopKReader.read` reads the
 body with orjson and accepts it only when a handful of exact type and range tests prove it valid;
-at the least doubt (a wrong type, an unknown or derivative field, a value out of range, a float32
-overflow) it returns ``None`` and the request takes the strict path, which writes the 4xx body.
+at the least doubt (a wrong type, an unknown field, a ``tangent`` or ``cotangent`` not shaped like
+``x``, a value out of range, a float32 overflow) it returns ``None`` and the request takes the strict path, which writes the 4xx body.
 So this reader never accepts what the strict path refuses, and both lay an accepted request out
 with the same :func:`~service.prepared.layout` (tests check both on many bodies).
 """
@@ -89,6 +89,15 @@ def _matrix_of(x: Any, max_rows: int, max_n: int) -> tuple[np.ndarray, list[int]
         return matrix.astype(np.float32), lengths
 
 
+def _numbers_of(value: Any, small: bool, max_rows: int, max_n: int) -> tuple[Any, list[int] | None]:
+    """(rows, lengths) of a plainly valid matrix field, else (value, None): the lists themselves
+    for a small body, a zero-padded float32 matrix for a big one."""
+    if small:
+        return value, _rows_of(value, max_rows, max_n)
+    laid_out = _matrix_of(value, max_rows, max_n)
+    return laid_out if laid_out is not None else (value, None)
+
+
 def _ks_of(k: Any, lengths: list[int], max_k: int) -> list[int] | None:
     """One k per row if every k is an int in 1..min(max_k, row length), else None."""
     ks = [k] * len(lengths) if type(k) is int else k
@@ -133,26 +142,27 @@ class PlainTopKReader:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        if (
-            type(request) is not dict
-            or not request.keys() <= PLAIN_FIELDS
-            or request.get("tangent") is not None
-            or request.get("cotangent") is not None
-        ):
+        if type(request) is not dict or not request.keys() <= PLAIN_FIELDS:
             return None
         engine = self.engine
         limits = engine.limits
-        x: list[list[float]] | np.ndarray = request.get("x")  # type: ignore[assignment]
-        if len(body) <= NUMPY_BODY_BYTES:
-            lengths = _rows_of(x, limits.max_rows, limits.max_n)
-        else:
+        small = len(body) <= NUMPY_BODY_BYTES
+        if not small:
             strings = sum(type(value) is str for value in request.values())
             if body.count(b'"') != 2 * (len(request) + strings):
-                return None  # a string somewhere inside x, k or epsilon
-            laid_out = _matrix_of(x, limits.max_rows, limits.max_n)
-            x, lengths = laid_out if laid_out is not None else (x, None)
+                return None  # a string somewhere inside x, tangent, cotangent, k or epsilon
+        x, lengths = _numbers_of(request.get("x"), small, limits.max_rows, limits.max_n)
         if lengths is None:
             return None
+        derivatives: list[list[list[float]] | np.ndarray | None] = []
+        for name in ("tangent", "cotangent"):  # shaped like x, row for row
+            given = request.get(name)
+            if given is not None:
+                given, shape = _numbers_of(given, small, limits.max_rows, limits.max_n)
+                if shape != lengths:
+                    return None
+            derivatives.append(given)
+        tangent, cotangent = derivatives
         ks = _ks_of(request.get("k"), lengths, limits.max_k)
         operator = request.get("operator", "sparse")
         output = request.get("output", "mask")
@@ -180,6 +190,8 @@ class PlainTopKReader:
             return None
         try:
             static = self._static(operator, p, solver)
-            return layout(engine, operator, output, static, x, ks, epsilon, lengths=lengths)
+            return layout(
+                engine, operator, output, static, x, ks, epsilon, tangent, cotangent, lengths
+            )
         except ApiError:  # a p not offered: the strict path says so
             return None

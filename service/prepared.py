@@ -47,8 +47,8 @@ class PreparedRequest(NamedTuple):
     k: list[int]
     epsilon: float | list[float]  # one for every row, or one per row
     lengths: list[int]
-    tangent: list[list[float]] | None
-    cotangent: list[list[float]] | None
+    tangent: list[list[float]] | np.ndarray | None  # shaped like x, and laid out like it
+    cotangent: list[list[float]] | np.ndarray | None
 
     @property
     def rows(self) -> int:
@@ -112,8 +112,8 @@ def layout(
     x: list[list[float]] | np.ndarray,
     ks: list[int],
     epsilon: float | list[float] | None,
-    tangent: list[list[float]] | None = None,
-    cotangent: list[list[float]] | None = None,
+    tangent: list[list[float]] | np.ndarray | None = None,
+    cotangent: list[list[float]] | np.ndarray | None = None,
     lengths: list[int] | None = None,
 ) -> PreparedRequest:
     """A checked request with its batch key (its rows' ``n`` bucket and kernel)."""

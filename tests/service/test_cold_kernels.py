@@ -37,8 +37,11 @@ def test_warm_requests_are_served_while_a_cold_kernel_compiles() -> None:
 
         kernels._compile = held_compile  # type: ignore[method-assign]
         compiles_before = metric(server, 'topk_kernel_compilations_total{phase="request"}')
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with (
+            httpx.Client(base_url=server.url, timeout=60) as client,
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+        ):
+            try:
                 cold = pool.submit(client.post, "/v1/topk", json=COLD)
                 assert compiling.wait(30), "the cold kernel never started compiling"
                 for _ in range(3):  # served while the cold kernel is still compiling
@@ -46,8 +49,9 @@ def test_warm_requests_are_served_while_a_cold_kernel_compiles() -> None:
                     assert warm.status_code == 200, warm.text
                     assert warm.json()["rows"][0]["indices"] == hard_indices(WARM["x"][0], 2)
                 assert not cold.done()
-                release.set()
-                answer = cold.result(timeout=60)
+            finally:
+                release.set()  # a failed check must not leave the compile thread waiting
+            answer = cold.result(timeout=60)
         assert answer.status_code == 200, answer.text
         assert answer.json()["rows"][0]["indices"] == hard_indices(COLD["x"][0], 3)
         compiles = metric(server, 'topk_kernel_compilations_total{phase="request"}')

@@ -21,6 +21,14 @@ BODIES: list[object] = [
     {"x": [[0.1, 0.2, 0.3], [4.0], [1.0, 2.0]], "k": [2, 1, 1], "operator": "hard"},
     {"x": [[0.1, -0.2, 0.3]], "k": 2, "output": "magnitude", "epsilon": 0.5},
     {"x": [[1, 2, 3, 4]], "k": 1, "p": 2, "solver": "pav"},
+    {"x": [[0.5, -1.0, 2.0, 3.5]], "k": 2, "tangent": [[1.0, 0.0, -1.0, 0.5]]},
+    {
+        "x": [[0.1, 0.2, 0.3], [4.0, 1.0]],
+        "k": 1,
+        "operator": "soft",
+        "tangent": [[1, 0, 0], [0, 1]],
+        "cotangent": [[0.5, 0.5, 0.5], [1.0, -1.0]],
+    },
 ]
 REFUSED: list[object] = [
     {"x": [[0.5, True]], "k": 1},
@@ -58,11 +66,13 @@ def asgi_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def request(body: bytes, *extra: str, version: str = "1.1") -> bytes:
+def request(
+    body: bytes, *extra: str, version: str = "1.1", content_type: str = "application/json"
+) -> bytes:
     head = [
         f"POST /v1/topk HTTP/{version}",
         "Host: test",
-        "Content-Type: application/json",
+        f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         *extra,
     ]
@@ -124,6 +134,19 @@ def test_a_plain_request_is_answered_in_the_protocol_exactly_as_on_the_asgi_path
     assert int(headers["content-length"]) == len(answer)
     assert {"date", "server"} <= headers.keys()
     assert asgi_calls == ["/v1/topk"], "only the ASGI server's request reaches the app"
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_plain_request_is_answered_in_the_protocol_exactly_as_on_the_strict_path(
+    protocol_server: ServerThread, asgi_server: ServerThread, body: object
+) -> None:
+    """The strict path (pydantic; any ``+json`` content type takes it) is the oracle."""
+    encoded = json.dumps(body).encode()
+    [(status, _, answer)] = exchange(protocol_server, request(encoded))
+    strict = request(encoded, content_type="application/vnd.topk+json")
+    [(strict_status, _, strict_answer)] = exchange(asgi_server, strict)
+    assert status == strict_status == 200, answer
+    assert answer == strict_answer
 
 
 @pytest.mark.parametrize("body", REFUSED)
