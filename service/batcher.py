@@ -20,7 +20,7 @@ batch-mates; only an exception of the batch function itself fails the whole batc
 A batch that must first wait for something other than the device (its kernel compiling, when its
 shape was not warmed up) says so through the optional ``prepare`` hook; it gives its slot back
 while it waits, so batches of other keys keep the device busy meanwhile instead of stalling
-behind a compile.
+behind a compile, and its key's later requests stay queued (growing one batch) until it is done.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class Batcher(Generic[K, T, R]):
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._running = 0  # batches sent and not yet answered
+        self._preparing: collections.Counter[K] = collections.Counter()  # keys waiting on prepare
         self._controller: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -213,7 +214,7 @@ class Batcher(Generic[K, T, R]):
         due_since = float("inf")
         next_wait: float | None = None
         for key, queue in self._queues.items():
-            if not queue:
+            if not queue or key in self._preparing:
                 continue
             oldest = queue[0].enqueued_at
             deadline = oldest + self._max_delay
@@ -263,10 +264,14 @@ class Batcher(Generic[K, T, R]):
                 self._running -= 1
                 self._slots.release()
                 holding = False
+                self._preparing[key] += 1
                 self._wakeup.set()  # another key's batch may go now
                 try:
                     await waiting
                 finally:
+                    self._preparing[key] -= 1
+                    if not self._preparing[key]:
+                        del self._preparing[key]
                     await self._slots.acquire()
                     self._running += 1
                     holding = True

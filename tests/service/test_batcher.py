@@ -270,15 +270,17 @@ def test_a_deadline_that_passes_during_the_computation_changes_nothing() -> None
 
 def test_a_batch_waiting_to_be_prepared_lets_other_keys_run() -> None:
     """A batch whose ``prepare`` hook hands back an awaitable (its kernel compiling) gives its slot
-    back while it waits: another key's batches run meanwhile; then it runs, and a failed
-    preparation fails only that batch."""
+    back while it waits: another key's batches run meanwhile, its own key's later requests stay
+    queued and then go as one batch; a failed preparation fails only that batch."""
 
     async def main() -> None:
         recorder = Recorder()
         compiles: dict[str, asyncio.Future[None]] = {}
+        prepared: list[tuple[str, list[int]]] = []
 
         def prepare(key: str, items: list[int]) -> asyncio.Future[None] | None:
-            if key == "warm":
+            prepared.append((key, list(items)))
+            if key == "warm" or (key in compiles and compiles[key].done()):
                 return None
             return compiles.setdefault(key, asyncio.get_running_loop().create_future())
 
@@ -288,12 +290,16 @@ def test_a_batch_waiting_to_be_prepared_lets_other_keys_run() -> None:
         broken = asyncio.ensure_future(batcher.submit("broken", 2))
         await asyncio.sleep(0.01)
         assert set(compiles) == {"cold", "broken"}, "both waited, neither held the one slot"
+        later = [asyncio.ensure_future(batcher.submit("cold", i)) for i in (3, 4)]
         for i in range(3):  # the one slot serves warm batches meanwhile, one after the other
             assert await batcher.submit("warm", i) == i * 10
         assert not cold.done() and recorder.batches == [("warm", [0]), ("warm", [1]), ("warm", [2])]
+        assert [items for key, items in prepared if key == "cold"] == [[1]], "the rest waits"
         compiles["cold"].set_result(None)
         compiles["broken"].set_exception(RuntimeError("compile failed"))
         assert await cold == 10
+        assert await asyncio.gather(*later) == [30, 40]
+        assert ("cold", [3, 4]) in recorder.batches, "queued while compiling, sent together"
         with pytest.raises(RuntimeError, match="compile failed"):
             await broken
         assert ("broken", [2]) not in recorder.batches  # never computed
