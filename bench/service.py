@@ -4,8 +4,10 @@ One run starts four servers in their own processes on free 127.0.0.1 ports (the 
 batching on, with batching off, a bare uvicorn app that echoes the request body, and the same echo
 with every request parked on a future released in batches), drives each
 with a small keep-alive HTTP/1.1 load generator (asyncio streams, no client library overhead) at
-1, 16 and 64 concurrent clients for two payloads, then runs an open-loop paced load at 80 % of the
-measured saturation to check the tail. Results go to the ``## Service`` section of
+1, 16 and 64 concurrent clients for three payloads (a small and a batched ``/v1/topk`` JSON body,
+and the batched one again as an OIP inference request with binary tensor data, which the echoes
+get as the same bytes), then runs an open-loop paced load at 80 % of the measured saturation to
+check the tail. Results go to the ``## Service`` section of
 bench/RESULTS.md (other sections are left untouched).
 
     python bench/service.py                 # full run (~3-4 minutes on 2 cores)
@@ -187,7 +189,7 @@ async def wait_ready(target: Target, path: str, timeout: float = 600.0) -> None:
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
-    match = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
     body = await reader.readexactly(int(match.group(1))) if match else b""
     return status, body
 
@@ -271,6 +273,9 @@ async def open_loop(
 # ------------------------------------------------------------------------------ the run
 
 
+OIP_BINARY = "batched 256x1024 k=8, OIP binary"
+
+
 def payloads() -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     small = {"x": rng.normal(size=(1, 64)).round(4).tolist(), "k": 2}
@@ -279,6 +284,42 @@ def payloads() -> dict[str, bytes]:
         "small 1x64 k=2": json.dumps(small).encode(),
         "batched 256x1024 k=8": json.dumps(batched).encode(),
     }
+
+
+def oip_binary_request(path: str) -> bytes:
+    """The batched payload's numbers as an OIP inference request with the binary tensor data
+    extension (raw float32 after the JSON header), asking for the indices as binary data."""
+    rng = np.random.default_rng(0)
+    rng.normal(size=(1, 64))  # the same draws as payloads(): the same x
+    x = rng.normal(size=(256, 1024)).round(4).astype("<f4")
+    header = json.dumps(
+        {
+            "parameters": {"k": 8},
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                },
+            ],  # fmt: skip
+            "outputs": [{"name": "indices", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    body = header + x.tobytes()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/octet-stream\r\n"
+        f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def request_for(target: Target, label: str, bodies: dict[str, bytes]) -> bytes:
+    """``label``'s request to ``target``; the echoes get the same bytes at their own path."""
+    if label == OIP_BINARY:
+        service = target.path == "/v1/topk"
+        return oip_binary_request("/v2/models/topk/infer" if service else target.path)
+    return http_request(target.path, bodies[label])
 
 
 async def run(duration: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -297,12 +338,12 @@ async def run(duration: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             # One after the other: the second start loads the first one's kernels from the cache.
             targets.append(start_service(name, batching, cache))
             await wait_ready(targets[-1], "/readyz")
-        for label, body in bodies.items():
+        for label in [*bodies, OIP_BINARY]:
             for target in targets[2:]:  # first-touch effects out of the way
-                await closed_loop(target.port, http_request(target.path, body), 4, 1.0)
+                await closed_loop(target.port, request_for(target, label, bodies), 4, 1.0)
             for clients in CONCURRENCY:
                 for target in targets:
-                    request = http_request(target.path, body)
+                    request = request_for(target, label, bodies)
                     m = await closed_loop(target.port, request, clients, duration)
                     rows.append(row(target.name, label, clients, m))
                     print(rows[-1], flush=True)

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from service.errors import install_error_handlers
 from service.fast_path import TopKApp
-from service.routes import probes, topk
+from service.routes import oip, probes, topk
 from service.runtime import ServiceRuntime
 from service.settings import Settings
 
@@ -54,4 +54,5 @@ def create_app(settings: Settings | None = None) -> TopKApp:
     # first serves it. The APIRoute stays (unreachable) so that OpenAPI documents the contract.
     app.router.routes.insert(0, Route("/v1/topk", topk.topk, methods=["POST"]))
     app.include_router(probes.router)
+    app.include_router(oip.router)
     return app

@@ -148,8 +148,10 @@ def _layout(
     )
 
 
-def prepare_request(request: TopKRequest, engine: Engine) -> PreparedRequest:
-    """Check ``request`` against the server's limits and operators, then lay it out for the device."""
+def check_topk_request(request: TopKRequest, engine: Engine) -> tuple[Static, list[int]]:
+    """Check ``request`` against the server's limits and operators (413/422 naming the fields);
+    its compile-time keywords and one k per row. The float32 range of the numbers is not checked
+    here (see :func:`prepare_request`)."""
     limits = engine.limits
     too_large = size_errors(request, limits)
     if too_large:
@@ -161,8 +163,13 @@ def prepare_request(request: TopKRequest, engine: Engine) -> PreparedRequest:
     if errors:
         raise ApiError(422, "invalid request", errors)
     static = engine.static_for(request.operator, p=request.p, solver=request.solver)
-    static = snap_p(static, engine)
-    return _layout(engine, request.operator, request.output, static, request, per_row_k(request))
+    return snap_p(static, engine), per_row_k(request)
+
+
+def prepare_request(request: TopKRequest, engine: Engine) -> PreparedRequest:
+    """Check ``request`` against the server's limits and operators, then lay it out for the device."""
+    static, ks = check_topk_request(request, engine)
+    return _layout(engine, request.operator, request.output, static, request, ks)
 
 
 def prepare_dense_request(operator: str, request: DenseRequest, engine: Engine) -> PreparedRequest:

@@ -35,7 +35,7 @@ router = APIRouter(tags=["topk"])
 
 
 _REQUEST_SCHEMA = TopKRequest.model_json_schema()
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
         (413, "Body, rows or row length beyond the limits of GET /v1/operators."),
@@ -123,7 +123,7 @@ async def _serve(
             "content": {"application/json": {"schema": _REQUEST_SCHEMA}},
         },
     },
-    responses={200: {"model": TopKResponse}, **_ERRORS},
+    responses={200: {"model": TopKResponse}, **ERROR_RESPONSES},
     response_class=Response,
 )
 async def topk(request: Request) -> Response:
@@ -176,7 +176,7 @@ for _name, _model in DENSE_ROUTES:
                 "content": {"application/json": {"schema": _model.model_json_schema()}},
             },
         },
-        responses={200: {"model": DenseResponse}, **_ERRORS},
+        responses={200: {"model": DenseResponse}, **ERROR_RESPONSES},
         response_class=Response,
     )
 

@@ -1,0 +1,118 @@
+"""The Open Inference Protocol (KServe V2, Triton) face of the top-k operators.
+
+``POST /v2/models/topk/infer`` takes OIP tensors instead of ``/v1/topk``'s lists of rows, as JSON
+or with the binary tensor data extension (raw little-endian tensors after the JSON header, whose
+length is in the ``Inference-Header-Content-Length`` header), so Triton and KServe clients in any
+language can call the service, and large inputs skip JSON number parsing altogether.
+
+Inputs (by name; ``x`` is required, every other one optional):
+
+- ``x``: FP32 or FP64, shape ``[rows, n]``: the scores (OIP tensors are dense: one n per request);
+- ``k``: INT32 or INT64, shape ``[rows]``: one k per row (else the ``k`` parameter);
+- ``epsilon``: FP32 or FP64, shape ``[rows]``: one epsilon per row (else the parameter);
+- ``tangent``, ``cotangent``: FP32 or FP64, shaped like ``x``: JVP direction and VJP weights.
+
+Request parameters: ``k`` (int), ``operator``, ``output``, ``epsilon`` (number), ``p``,
+``solver`` (as in ``/v1/topk``), and the extension's ``binary_data_output`` (bool).
+
+Outputs (all by default; ask for some with ``outputs``, each with ``binary_data`` if wanted):
+
+- ``values``: FP32 ``[rows, n]``: the operator's output at every entry (zero off the support);
+- ``indices``: INT32 ``[rows, m]``: each row's support in descending output order, as in
+  ``/v1/topk``, padded with -1 to the largest support ``m`` of the request;
+- ``jvp``: FP32 ``[rows, n]`` (with ``tangent``), zero off the support; ``vjp``: FP32
+  ``[rows, n]`` (with ``cotangent``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+MODEL_NAME = "topk"
+MODEL_VERSION = "1"
+BINARY_EXTENSION = "binary_tensor_data"
+HEADER_LENGTH = "inference-header-content-length"  # the JSON part of a binary-extension body
+
+Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
+
+FLOAT_TYPES = ("FP32", "FP64")
+INT_TYPES = ("INT32", "INT64")
+INPUTS: dict[str, tuple[tuple[str, ...], int]] = {  # name: (datatypes, rank)
+    "x": (FLOAT_TYPES, 2),
+    "k": (INT_TYPES, 1),
+    "epsilon": (FLOAT_TYPES, 1),
+    "tangent": (FLOAT_TYPES, 2),
+    "cotangent": (FLOAT_TYPES, 2),
+}
+OUTPUTS: dict[str, str] = {"values": "FP32", "indices": "INT32", "jvp": "FP32", "vjp": "FP32"}
+PARAMETERS = ("k", "operator", "output", "epsilon", "p", "solver", "binary_data_output")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class RequestInput(_Strict):
+    """One input tensor: ``data`` row-major (flat or nested), or ``binary_data_size`` bytes."""
+
+    name: StrictStr
+    shape: list[Annotated[StrictInt, Field(ge=0)]]
+    datatype: StrictStr
+    parameters: dict[str, Parameter] = {}
+    data: list[Any] | None = None
+
+
+class RequestOutput(_Strict):
+    name: StrictStr
+    parameters: dict[str, Parameter] = {}
+
+
+class InferRequest(_Strict):
+    """``POST /v2/models/topk/infer``."""
+
+    id: StrictStr | None = None
+    parameters: dict[str, Parameter] = {}
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Parameter] | None = None
+    data: list[Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool

@@ -1,0 +1,126 @@
+"""Open Inference Protocol (KServe V2 / Triton) endpoints: server and model metadata, model
+readiness, and ``POST /v2/models/topk/infer`` with the binary tensor data extension."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from api.oip import (
+    BINARY_EXTENSION,
+    HEADER_LENGTH,
+    MODEL_NAME,
+    MODEL_VERSION,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelReady,
+    ServerMetadata,
+)
+from service.body import read_capped_body
+from service.errors import ApiError
+from service.fast_path import INLINE_PARSE_BYTES
+from service.oip import OipRequest, decode, encode, invalid, split_body, tensor_metadata
+from service.routes.topk import ERROR_RESPONSES, runtime_of
+from service.submission import TIMEOUT_HEADER, ClientGone, answer, count, request_timeout
+
+router = APIRouter(tags=["oip"])
+INFER_ROUTE = f"/v2/models/{MODEL_NAME}/infer"
+_MEDIA_TYPES = ("application/json", "application/octet-stream")
+
+
+@router.get("/v2", summary="OIP server metadata", response_model=ServerMetadata)
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "topk-service", "version": "0.1.0", "extensions": [BINARY_EXTENSION]}
+
+
+@router.get(f"/v2/models/{MODEL_NAME}", summary="OIP model metadata", response_model=ModelMetadata)
+@router.get(f"/v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}", include_in_schema=False)
+async def model_metadata() -> dict[str, Any]:
+    inputs, outputs = tensor_metadata()
+    return {
+        "name": MODEL_NAME,
+        "versions": [MODEL_VERSION],
+        "platform": "jax",
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+
+
+@router.get(
+    f"/v2/models/{MODEL_NAME}/ready", summary="OIP model readiness", response_model=ModelReady
+)
+@router.get(f"/v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}/ready", include_in_schema=False)
+async def model_ready(request: Request) -> JSONResponse:
+    """200 when warm and not draining, else 503 (with the same body)."""
+    ready = runtime_of(request).ready
+    return JSONResponse({"name": MODEL_NAME, "ready": ready}, status_code=200 if ready else 503)
+
+
+def _check_media_type(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in _MEDIA_TYPES:
+        reason = f"{media_type or 'none'} is not {' or '.join(_MEDIA_TYPES)}"
+        raise invalid("content-type", reason, status=415)
+
+
+async def _infer(request: Request) -> tuple[bytes, dict[str, str], str]:
+    runtime = runtime_of(request)
+    _check_media_type(request)
+    timeout = request_timeout(
+        request.headers.get(TIMEOUT_HEADER), runtime.settings.request_timeout_ms
+    )
+    body = await read_capped_body(request, runtime.settings.max_body_bytes)
+    header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+    engine = runtime.engine
+    decoded: OipRequest
+    if len(body) <= INLINE_PARSE_BYTES:
+        decoded = decode(engine, header, binary)
+    else:  # a big body is decoded off the event loop
+        decoded = await asyncio.get_running_loop().run_in_executor(
+            None, decode, engine, header, binary
+        )
+    payload = await answer(runtime, decoded.prepared, timeout, request.receive)
+    content, headers = encode(decoded, payload)
+    return content, headers, decoded.prepared.key.operator
+
+
+@router.post(
+    INFER_ROUTE,
+    summary="OIP inference: top-k of each row of the input x",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": InferRequest.model_json_schema()}},
+        },
+    },
+    responses={200: {"model": InferResponse}, **ERROR_RESPONSES},
+    response_class=Response,
+)
+@router.post(
+    f"/v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}/infer",
+    include_in_schema=False,
+    response_class=Response,
+)
+async def infer(request: Request) -> Response:
+    """The same operators, checks, batching and kernels as ``POST /v1/topk``, with OIP tensors:
+    see :mod:`api.oip` for the inputs, parameters and outputs."""
+    runtime = runtime_of(request)
+    started = time.perf_counter()
+    status, operator = 500, "unknown"
+    try:
+        content, headers, operator = await _infer(request)
+        status = 200
+        return Response(content, headers=headers)
+    except ApiError as error:
+        status = error.status
+        raise
+    except ClientGone:
+        status = 499
+        return Response(status_code=499)
+    finally:
+        count(runtime, INFER_ROUTE, operator, status, started)
