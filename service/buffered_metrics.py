@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -21,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+C = TypeVar("C")
 FOLD_AFTER = 4096  # observations held before they are folded, so memory stays bounded
 
 
@@ -58,7 +60,37 @@ class HistogramChild:
         return cumulative, cumulative[-1], self._sum
 
 
-class BufferedHistogram(Collector):
+class _Labelled(Collector, Generic[C]):
+    """A metric family: one child per label set, made on first use."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        new_child: Callable[[], C],
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._new_child = new_child
+        self._children: dict[tuple[str, ...], C] = {}
+        if not self.labelnames:
+            self._children[()] = new_child()
+        registry.register(self)
+
+    def labels(self, *values: str) -> C:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new_child()
+        return child
+
+
+class BufferedHistogram(_Labelled[HistogramChild]):
     """A histogram with ``labels(...).observe(value)`` like ``prometheus_client.Histogram``.
 
     Call :meth:`maybe_fold` now and then (the service does it once per batch) to bound memory.
@@ -73,24 +105,11 @@ class BufferedHistogram(Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
         bounds = sorted(float(b) for b in buckets if not math.isinf(b))
         self._bounds = np.array(bounds, dtype=np.float64)
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
-        if not self.labelnames:
-            self._children[()] = HistogramChild(self._bounds)
-        registry.register(self)
-
-    def labels(self, *values: str) -> HistogramChild:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-        key = tuple(str(v) for v in values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = HistogramChild(self._bounds)
-        return child
+        super().__init__(
+            name, documentation, labelnames, registry, lambda: HistogramChild(self._bounds)
+        )
 
     def observe(self, value: float) -> None:
         """For a histogram without labels."""
@@ -122,7 +141,7 @@ class CounterChild:
         self.value += amount
 
 
-class BufferedCounter(Collector):
+class BufferedCounter(_Labelled[CounterChild]):
     """A counter with ``labels(...).inc()``; hot paths may add to ``child.value`` directly."""
 
     def __init__(
@@ -133,20 +152,9 @@ class BufferedCounter(Collector):
         *,
         registry: CollectorRegistry,
     ) -> None:
-        self.name = name.removesuffix("_total")
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> CounterChild:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-        key = tuple(str(v) for v in values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = CounterChild()
-        return child
+        super().__init__(
+            name.removesuffix("_total"), documentation, labelnames, registry, CounterChild
+        )
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
