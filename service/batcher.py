@@ -18,9 +18,11 @@ The batch function returns one result *or exception* per item, so one bad item n
 batch-mates; only an exception of the batch function itself fails the whole batch.
 
 A batch that must first wait for something other than the device (its kernel compiling, when its
-shape was not warmed up) says so through the optional ``prepare`` hook; it gives its slot back
-while it waits, so batches of other keys keep the device busy meanwhile instead of stalling
+shape was not warmed up) says so through the optional ``prepare`` hook, called as the batch is
+taken: it waits without a slot, so batches of other keys keep the device busy instead of stalling
 behind a compile, and its key's later requests stay queued (growing one batch) until it is done.
+Its own requests are not sent yet while it waits: one that times out or is cancelled meanwhile
+is dropped before the batch runs.
 """
 
 from __future__ import annotations
@@ -200,8 +202,22 @@ class Batcher(Generic[K, T, R]):
             if not jobs:
                 self._slots.release()
                 continue
-            self._running += 1
-            task = loop.create_task(self._dispatch(key, jobs))
+            waiting = None
+            if self._prepare is not None:
+                try:
+                    waiting = self._prepare(key, [job.item for job in jobs])
+                except Exception as error:  # e.g. its kernel may not be compiled: fail this batch
+                    self._slots.release()
+                    self._fail(jobs, error)
+                    continue
+            if waiting is None:
+                for job in jobs:
+                    job.sent = True
+                self._running += 1
+            else:  # not the device's work: the slot goes back, and this key waits meanwhile
+                self._slots.release()
+                self._preparing[key] += 1
+            task = loop.create_task(self._dispatch(key, jobs, waiting))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
@@ -245,7 +261,6 @@ class Batcher(Generic[K, T, R]):
             queue.popleft()
             self._queued -= 1
             self._queued_rows[key] -= job.rows
-            job.sent = True
             jobs.append(job)
             rows += job.rows
             if self._observe_wait is not None:
@@ -255,36 +270,46 @@ class Batcher(Generic[K, T, R]):
             del self._queued_rows[key]
         return jobs
 
-    async def _dispatch(self, key: K, jobs: list[_Job[T, R]]) -> None:
-        items = [job.item for job in jobs]
-        holding = True  # this batch's slot
+    def _fail(self, jobs: list[_Job[T, R]], error: Exception) -> None:
+        log.exception("batch of %d requests failed", len(jobs), exc_info=error)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _done_preparing(self, key: K) -> None:
+        self._preparing[key] -= 1
+        if not self._preparing[key]:
+            del self._preparing[key]
+
+    async def _dispatch(
+        self, key: K, jobs: list[_Job[T, R]], waiting: Awaitable[object] | None
+    ) -> None:
+        holding = waiting is None  # this batch's slot
+        preparing = waiting is not None
         try:
-            waiting = None if self._prepare is None else self._prepare(key, items)
-            if waiting is not None:  # not the device's work: give the slot back meanwhile
-                self._running -= 1
-                self._slots.release()
-                holding = False
-                self._preparing[key] += 1
-                self._wakeup.set()  # another key's batch may go now
-                try:
-                    await waiting
-                finally:
-                    self._preparing[key] -= 1
-                    if not self._preparing[key]:
-                        del self._preparing[key]
-                    await self._slots.acquire()
-                    self._running += 1
-                    holding = True
-            results = await self._process(key, items)
+            while waiting is not None:  # not sent yet: a request may time out or go away meanwhile
+                await waiting
+                jobs = [job for job in jobs if not job.future.done()]
+                items = [job.item for job in jobs]
+                waiting = self._prepare(key, items) if jobs and self._prepare else None
+            if preparing:
+                self._done_preparing(key)
+                preparing = False
+                await self._slots.acquire()
+                self._running += 1
+                holding = True
+                jobs = [job for job in jobs if not job.future.done()]
+                for job in jobs:
+                    job.sent = True
+            if not jobs:
+                return
+            results = await self._process(key, [job.item for job in jobs])
             if len(results) != len(jobs):
                 raise RuntimeError(
                     f"batch function returned {len(results)} results for {len(jobs)}"
                 )
         except Exception as error:  # the batch function itself failed: every job learns why
-            log.exception("batch of %d requests failed", len(jobs))
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(error)
+            self._fail(jobs, error)
         else:
             for job, result in zip(jobs, results, strict=True):
                 if job.future.done():
@@ -294,6 +319,8 @@ class Batcher(Generic[K, T, R]):
                 else:
                     job.future.set_result(result)
         finally:
+            if preparing:
+                self._done_preparing(key)
             if holding:
                 self._running -= 1
                 self._slots.release()

@@ -53,6 +53,7 @@ class DeviceThread:
                 result, error = None, raised
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
                 loop.call_soon_threadsafe(_settle, future, result, error)
+            del call, loop, future, function, args, result, error  # nothing outlives its call
 
     def run(self, function: Callable[..., R], *args: Any) -> asyncio.Future[R]:
         """Queue ``function(*args)``; the future of its result, settled on the calling loop."""

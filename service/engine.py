@@ -93,8 +93,8 @@ class Engine:
     async def warm_up(self) -> int:
         """Compile every warm-up kernel on the compile thread, one call each; returns how many.
 
-        One executor call per kernel lets a shutdown cancel between kernels, and lets requests that
-        arrive during warm-up be served in between.
+        One call per kernel lets a shutdown cancel between kernels, and lets requests that arrive
+        during warm-up have their own kernels compiled in between.
         """
         started = time.perf_counter()
         keys = list(self.warmup_keys())

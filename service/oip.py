@@ -28,7 +28,7 @@ from api.oip import (
     RequestInput,
 )
 from service.engine import Engine
-from service.errors import ApiError
+from service.errors import ApiError, field_errors
 from service.prepared import FLOAT32_OVERFLOW, PreparedRequest, check_topk_request, layout
 
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -41,6 +41,13 @@ _UNION_TAGS = frozenset({"bool", "int", "float", "str"})  # pydantic's names for
 def invalid(field: str, reason: str, status: int = 422) -> ApiError:
     """An error whose summary names the field too (OIP clients often show only ``error``)."""
     return ApiError(status, f"{field}: {reason}", [FieldError(field=field, reason=reason)])
+
+
+def _summarised(error: ApiError) -> ApiError:
+    """``error`` with a summary that names its fields."""
+    errors = error.body.errors
+    summary = "; ".join(f"{e.field}: {e.reason}" for e in errors[:3]) or error.body.error
+    return ApiError(error.status, summary, errors, error.headers)
 
 
 @dataclass(frozen=True)
@@ -82,14 +89,20 @@ def _parse(header: bytes) -> InferRequest:
         raise ApiError(422, summary, errors) from None
 
 
-def _numbers(data: list[Any], field: str) -> np.ndarray:
-    """JSON tensor data (flat or nested, row-major) as a flat float64 array; numbers only."""
+def _numbers(data: list[Any], shape: list[int], field: str) -> np.ndarray:
+    """JSON tensor data, flat or nested exactly as ``shape``, as float64; numbers only."""
     flat: list[Any] = data
     while flat and type(flat[0]) is list:
         flat = [value for row in flat for value in (row if type(row) is list else [row])]
     if not all(type(value) in (int, float) for value in flat):
         raise invalid(field, "tensor data must be numbers (no strings, booleans or nulls)")
-    return np.array(flat, dtype=np.float64)
+    try:
+        values = np.array(data, dtype=np.float64)
+    except (ValueError, OverflowError):  # ragged nesting, or an integer beyond float64
+        raise invalid(field, "ragged nesting, or a number beyond float64's range") from None
+    if values.size != math.prod(shape) or (values.ndim > 1 and list(values.shape) != shape):
+        raise invalid(field, f"data of shape {list(values.shape)} for a tensor of shape {shape}")
+    return values
 
 
 def _tensor(tensor: RequestInput, index: int, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
@@ -114,11 +127,14 @@ def _tensor(tensor: RequestInput, index: int, binary: bytes, offset: int) -> tup
         values = np.frombuffer(binary, dtype=dtype, count=size, offset=offset)
         offset += binary_size
     elif tensor.data is not None:
-        values = _numbers(tensor.data, f"{field}.data")
-        if values.size != size:
-            raise invalid(f"{field}.data", f"{values.size} values for shape {tensor.shape}")
-        if dtype.kind == "i" and not np.array_equal(values, np.round(values)):
-            raise invalid(f"{field}.data", f"{tensor.datatype} takes integers")
+        values = _numbers(tensor.data, tensor.shape, f"{field}.data")
+        if dtype.kind == "i":
+            limits = np.iinfo(dtype)
+            if (
+                not np.array_equal(values, np.round(values))
+                or not ((values >= limits.min) & (values <= limits.max)).all()
+            ):
+                raise invalid(f"{field}.data", f"{tensor.datatype} takes integers in its range")
     else:
         raise invalid(field, "no data and no binary_data_size")
     unknown = set(tensor.parameters) - {"binary_data_size"}
@@ -185,32 +201,29 @@ def decode(engine: Engine, header: bytes, binary: bytes) -> OipRequest:
     try:  # the parameters' own types and values, checked by the /v1 model on a stand-in x
         checked = TopKRequest.model_validate({**fields, "x": [[0.0]]})
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        raise invalid(str(first["loc"][0]), first["msg"]) from None
+        raise _summarised(ApiError(422, "invalid request", field_errors(error))) from None
     matrices: dict[str, Any] = {
         name: _finite_float32(tensors[name], name)
         for name in ("x", "tangent", "cotangent")
         if name in tensors
     }
     request_rows = checked.model_copy(update=matrices)  # x, tangent, cotangent as arrays
-    try:
+    try:  # the same checks as /v1/topk
         static, ks = check_topk_request(request_rows, engine)
-    except ApiError as error:  # the same checks as /v1/topk; the summary names the fields
-        errors = error.body.errors
-        summary = "; ".join(f"{e.field}: {e.reason}" for e in errors[:3]) or error.body.error
-        raise ApiError(error.status, summary, errors, error.headers) from None
-    prepared = layout(
-        engine,
-        checked.operator,
-        checked.output,
-        static,
-        matrices["x"],
-        ks,
-        checked.epsilon,
-        matrices.get("tangent"),
-        matrices.get("cotangent"),
-        lengths=[n] * rows,
-    )
+        prepared = layout(
+            engine,
+            checked.operator,
+            checked.output,
+            static,
+            matrices["x"],
+            ks,
+            checked.epsilon,
+            matrices.get("tangent"),
+            matrices.get("cotangent"),
+            lengths=[n] * rows,
+        )
+    except ApiError as error:
+        raise _summarised(error) from None
     return OipRequest(prepared, request.id, _outputs(request, tensors), rows, n)
 
 
@@ -225,11 +238,15 @@ def _outputs(request: InferRequest, tensors: dict[str, np.ndarray]) -> list[tupl
     ]
     if request.outputs is None:
         return [(name, all_binary) for name in available]
+    if not request.outputs:
+        raise invalid("outputs", "name at least one output, or leave outputs out for all")
     chosen: list[tuple[str, bool]] = []
     for index, output in enumerate(request.outputs):
         field = f"outputs[{index}]"
         if output.name not in available:
             raise invalid(f"{field}.name", f"{output.name!r} is not one of {available}")
+        if any(name == output.name for name, _ in chosen):
+            raise invalid(f"{field}.name", f"{output.name!r} is asked for twice")
         binary = output.parameters.get("binary_data", all_binary)
         if type(binary) is not bool or set(output.parameters) - {"binary_data"}:
             raise invalid(f"{field}.parameters", "takes only binary_data (a boolean)")

@@ -122,5 +122,6 @@ class ServiceRuntime:
         if self._pipeline is not None:
             self._pipeline.close()
         if self._engine is not None:
-            self._engine.close()
+            # Joining the threads may wait for a compile in progress: not on the event loop.
+            await asyncio.to_thread(self._engine.close)
         self.state = "stopped"

@@ -327,3 +327,60 @@ def test_a_prepare_hook_that_raises_fails_only_its_batch() -> None:
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_full_batches_of_a_key_being_prepared_wait_for_it() -> None:
+    """Full batches would go at once; while their key's first batch is being prepared they wait,
+    so the compile is asked for once and the slots are never exceeded."""
+
+    async def main() -> None:
+        recorder = Recorder()
+        compiled = asyncio.get_running_loop().create_future()
+        prepared: list[list[int]] = []
+
+        def prepare(key: str, items: list[int]) -> asyncio.Future[None] | None:
+            prepared.append(list(items))
+            return None if compiled.done() else compiled
+
+        batcher = make(
+            recorder, max_delay=0.0, max_batch_rows=4, max_concurrent_batches=2, prepare=prepare
+        )
+        batcher.start()
+        futures = [batcher.enqueue("cold", i) for i in range(12)]
+        await asyncio.sleep(0.02)
+        assert prepared == [[0, 1, 2, 3]] and recorder.batches == []
+        compiled.set_result(None)
+        assert await asyncio.gather(*futures) == [i * 10 for i in range(12)]
+        assert [items for _, items in recorder.batches] == [
+            [0, 1, 2, 3],
+            [4, 5, 6, 7],
+            [8, 9, 10, 11],
+        ]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_that_times_out_or_leaves_while_its_batch_is_prepared_is_dropped() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        compiled = asyncio.get_running_loop().create_future()
+
+        def prepare(key: str, items: list[int]) -> asyncio.Future[None] | None:
+            return None if compiled.done() else compiled
+
+        batcher = make(recorder, max_delay=0.0, prepare=prepare)
+        batcher.start()
+        late = batcher.enqueue("cold", 1, timeout=0.02)
+        gone = batcher.enqueue("cold", 2)
+        kept = batcher.enqueue("cold", 3, timeout=5.0)
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        with pytest.raises(DeadlineExceeded):
+            await late  # at its deadline, though its batch was taken
+        compiled.set_result(None)
+        assert await kept == 30
+        assert recorder.batches == [("cold", [3])]
+        await batcher.close()
+
+    asyncio.run(main())

@@ -215,6 +215,48 @@ X = {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}
             "x",
         ),
         ({"parameters": {"k": 1}, "inputs": [X], "extra": 1}, 422, "extra"),
+        (
+            {"parameters": {"k": 1}, "inputs": [{**X, "data": [1.0, 10**400, 3.0]}]},
+            422,
+            "inputs[0].data",
+        ),
+        (
+            {"parameters": {"k": 1}, "inputs": [{**X, "data": [[1.0, 2.0], 3.0]}]},
+            422,
+            "inputs[0].data",
+        ),
+        (
+            {"parameters": {"k": 1}, "inputs": [{**X, "data": [[], [1.0, 2.0, 3.0]]}]},
+            422,
+            "inputs[0].data",
+        ),
+        (
+            {"parameters": {"k": 1}, "inputs": [{**X, "data": [[1.0], [2.0], [3.0]]}]},
+            422,
+            "inputs[0].data",
+        ),
+        (
+            {"inputs": [X, {"name": "k", "shape": [1], "datatype": "INT32", "data": [2**40]}]},
+            422,
+            "inputs[1].data",
+        ),
+        ({"inputs": [X, {"name": "k", "shape": [1], "datatype": "INT32", "data": [0]}]}, 422, "k"),
+        (
+            {"inputs": [X, {"name": "k", "shape": [1], "datatype": "INT32", "data": [1.5]}]},
+            422,
+            "inputs[1].data",
+        ),
+        ({"parameters": {"k": 1, "epsilon": 1e39}, "inputs": [X]}, 422, "epsilon"),
+        ({"parameters": {"k": 1}, "inputs": [X], "outputs": []}, 422, "outputs"),
+        (
+            {
+                "parameters": {"k": 1},
+                "inputs": [X],
+                "outputs": [{"name": "values"}, {"name": "values"}],
+            },
+            422,
+            "outputs[1].name",
+        ),  # fmt: skip
     ],
 )
 def test_a_bad_inference_request_gets_a_4xx_naming_its_field(
@@ -243,10 +285,24 @@ def test_bad_binary_framing_and_content_type_are_refused(http: httpx.Client) -> 
     )
     assert lying.status_code == 422
     assert lying.json()["errors"][0]["field"] == "Inference-Header-Content-Length"
-    text = http.post(
-        INFER, content=json.dumps(request).encode(), headers={"content-type": "text/plain"}
-    )
-    assert text.status_code == 415 and text.json()["errors"][0]["field"] == "content-type"
+    gzip = http.post(INFER, content=content, headers={**headers, "content-encoding": "gzip"})
+    assert gzip.status_code == 415 and gzip.json()["errors"][0]["field"] == "content-encoding"
+
+
+def test_a_request_without_content_type_is_read_as_triton_clients_send_it(
+    server: ServerThread,
+) -> None:
+    """tritonclient.http sends no Content-Type: the framing header alone tells binary from JSON."""
+    x = np.array([[1.0, 5.0, 3.0]], np.float32)
+    request = {"parameters": {"k": 1, "operator": "hard"}, "inputs": [tensor("x", x, "FP32", True)]}
+    content, headers = binary_body(request, [(x, "FP32")])
+    del headers["content-type"]
+    as_json = json.dumps({**request, "inputs": [tensor("x", x, "FP32")]}).encode()
+    with httpx.Client() as client:
+        for body, extra in ((content, headers), (as_json, {})):
+            raw = client.build_request("POST", server.url + INFER, content=body, headers=extra)
+            assert "content-type" not in raw.headers
+            np.testing.assert_array_equal(outputs_of(client.send(raw))["indices"], [[1]])
 
 
 def test_inference_counts_in_the_metrics(server: ServerThread, http: httpx.Client) -> None:
