@@ -79,7 +79,8 @@ def test_tangent_and_cotangent_give_jvp_on_the_support_and_a_dense_vjp(http: htt
 
 
 def test_mixed_requests_after_warm_up_compile_nothing(server: ServerThread) -> None:
-    """Within the warm buckets, any shapes, ks and epsilons reuse the warm-up's executables."""
+    """Within the warm buckets, any shapes, ks and epsilons reuse the warm-up's executables, on
+    /v1/topk and on the OIP inference route alike."""
     rng = np.random.default_rng(1)
     bodies = []
     for i in range(40):
@@ -95,16 +96,29 @@ def test_mixed_requests_after_warm_up_compile_nothing(server: ServerThread) -> N
             body["epsilon"] = [float(e) for e in rng.uniform(0.05, 2.0, size=rows)]
         bodies.append(body)
 
+    inferences = []
+    for body in bodies[:12]:  # OIP tensors are rectangular: each row cut to the shortest
+        n = min(len(row) for row in body["x"])  # type: ignore[union-attr]
+        x = [row[:n] for row in body["x"]]  # type: ignore[union-attr]
+        ks = [min(k, n) for k in body["k"]]  # type: ignore[union-attr]
+        inputs = [
+            {"name": "x", "shape": [len(x), n], "datatype": "FP32", "data": x},
+            {"name": "k", "shape": [len(x)], "datatype": "INT32", "data": ks},
+        ]
+        inferences.append({"parameters": {"operator": body["operator"]}, "inputs": inputs})
+
     async def send_all() -> list[httpx.Response]:
         # max_batch_rows is 8 but warm row buckets stop at 4: send in small waves of one request
         # per key so that every batch stays within the warm buckets.
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            return [await client.post("/v1/topk", json=body) for body in bodies]
+            v1 = [await client.post("/v1/topk", json=body) for body in bodies]
+            v2 = [await client.post("/v2/models/topk/infer", json=body) for body in inferences]
+            return v1 + v2
 
     request_compiles = 'topk_kernel_compilations_total{phase="request"}'
     before = compile_stats().compilations, metric(server, request_compiles)
     responses = asyncio.run(send_all())
-    assert [r.status_code for r in responses] == [200] * len(bodies)
+    assert [r.status_code for r in responses] == [200] * (len(bodies) + len(inferences))
     assert (compile_stats().compilations, metric(server, request_compiles)) == before
 
 
