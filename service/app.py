@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None) -> TopKApp:
     # small request, and /v1/topk reads the raw body itself anyway: a plain Starlette route placed
     # first serves it. The APIRoute stays (unreachable) so that OpenAPI documents the contract.
     app.router.routes.insert(0, Route("/v1/topk", topk.topk, methods=["POST"]))
+    for name, endpoint in topk.DENSE_ENDPOINTS.items():  # the same for the dense operators
+        app.router.routes.insert(0, Route(f"/v1/{name}", endpoint, methods=["POST"]))
     app.include_router(probes.router)
     app.include_router(oip.router)
     return app

@@ -163,10 +163,12 @@ DENSE_ROUTES: tuple[tuple[str, type[DenseRequest]], ...] = (
     ("isotonic", IsotonicRequest),
 )
 
+DENSE_ENDPOINTS = {name: _dense_endpoint(name, model) for name, model in DENSE_ROUTES}
+
 for _name, _model in DENSE_ROUTES:
     router.add_api_route(
         f"/v1/{_name}",
-        _dense_endpoint(_name, _model),
+        DENSE_ENDPOINTS[_name],
         methods=["POST"],
         summary=f"Soft {_name}" if _name != "isotonic" else "Isotonic regression",
         openapi_extra={
