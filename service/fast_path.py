@@ -1,11 +1,13 @@
-"""``POST /v1/topk`` served straight from ASGI when the request is plainly valid.
+"""``POST /v1/topk`` (and the dense routes) served straight from ASGI when plainly valid.
 
 For a small request, FastAPI's middleware stack, routing and a pydantic parse cost several times
-the device call. :class:`TopKApp` is the FastAPI app with one difference: a ``POST /v1/topk`` with
-a JSON body of known length is read here and, if
-:meth:`~service.fast_request.PlainTopKReader.read` accepts it, queued and answered without entering the framework. Anything else (another route, a
-chunked or oversized body, another content type, any doubt about the body) is handed to FastAPI
-with the body replayed, where the strict path answers exactly as it would have.
+the device call. :class:`TopKApp` is the FastAPI app with one difference: a ``POST`` to
+``/v1/topk``, ``/v1/sort``, ``/v1/rank`` or ``/v1/isotonic`` with a JSON body of known length is
+read here and, if its plain reader (:class:`~service.fast_request.PlainTopKReader`,
+:class:`~service.fast_dense.PlainDenseReader`) accepts it, queued and answered without entering
+the framework. Anything else (another route, a chunked or oversized body, another content type,
+any doubt about the body) is handed to FastAPI with the body replayed, where the strict path
+answers exactly as it would have.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from api.errors import ErrorBody
 from service.errors import ApiError
+from service.fast_dense import PlainDenseReader
 from service.fast_request import PlainTopKReader
 from service.runtime import ServiceRuntime
 from service.submission import TIMEOUT_HEADER, ClientGone, answer, count, request_timeout
@@ -27,6 +30,8 @@ from service.submission import TIMEOUT_HEADER, ClientGone, answer, count, reques
 log = logging.getLogger(__name__)
 
 ROUTE = "/v1/topk"
+DENSE_ROUTES = {f"/v1/{name}": name for name in ("sort", "rank", "isotonic")}
+FAST_ROUTES = frozenset({ROUTE, *DENSE_ROUTES})
 INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 _TIMEOUT_HEADER = TIMEOUT_HEADER.encode()
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -69,9 +74,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-def plain_topk_headers(scope: Scope, max_bytes: int) -> PlainHeaders | None:
-    """The headers of a ``POST /v1/topk`` with a JSON body of at most ``max_bytes``, else None."""
-    if scope["path"] != ROUTE or scope["method"] != "POST":
+def plain_headers(scope: Scope, max_bytes: int) -> PlainHeaders | None:
+    """The headers of a ``POST`` to a fast route with a JSON body of at most ``max_bytes``."""
+    if scope["path"] not in FAST_ROUTES or scope["method"] != "POST":
         return None
     headers = PlainHeaders(scope)
     if not headers.json or headers.length is None or headers.length > max_bytes:
@@ -89,35 +94,41 @@ INTERNAL_ERROR = orjson.dumps(ErrorBody(error="internal server error").model_dum
 class TopKApp(FastAPI):
     """The service's FastAPI app, with the fast path of ``POST /v1/topk`` in front of it."""
 
-    _reader: PlainTopKReader | None = None
+    _readers: dict[str, PlainTopKReader | PlainDenseReader] | None = None
 
     @property
     def runtime(self) -> ServiceRuntime:
         runtime: ServiceRuntime = self.state.runtime
         return runtime
 
-    def plain_reader(self) -> PlainTopKReader | None:
-        """The reader of plainly valid bodies, or None while the runtime takes no requests."""
+    def plain_reader(self, route: str = ROUTE) -> PlainTopKReader | PlainDenseReader | None:
+        """The reader of ``route``'s plainly valid bodies, or None while the runtime takes no
+        requests."""
         runtime = self.runtime
         if runtime.state not in ("ready", "warming", "draining"):
             return None  # the strict path answers (503, or the error it finds first)
-        reader = self._reader
-        if reader is None or reader.engine is not runtime.engine:
-            reader = self._reader = PlainTopKReader(runtime.engine)
-        return reader
+        readers = self._readers
+        if readers is None or readers[ROUTE].engine is not runtime.engine:
+            engine = runtime.engine
+            readers = self._readers = {
+                ROUTE: PlainTopKReader(engine),
+                **{path: PlainDenseReader(engine, name) for path, name in DENSE_ROUTES.items()},
+            }
+        return readers[route]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == ROUTE and scope["method"] == "POST":
-            strict_receive = await self._fast_topk(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] in FAST_ROUTES and scope["method"] == "POST":
+            strict_receive = await self._fast(scope, receive, send)
             if strict_receive is None:
                 return
             receive = strict_receive
         await super().__call__(scope, receive, send)
 
-    async def _fast_topk(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+    async def _fast(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """Serve the request and return None, or return the ``receive`` the strict path reads."""
         runtime = self.runtime
-        headers = plain_topk_headers(scope, runtime.settings.max_body_bytes)
+        route = scope["path"]
+        headers = plain_headers(scope, runtime.settings.max_body_bytes)
         if headers is None:
             return receive  # the strict path streams it, or answers 413/415 naming the field
         started = time.perf_counter()
@@ -130,7 +141,7 @@ class TopKApp(FastAPI):
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        reader = self.plain_reader()
+        reader = self.plain_reader(route)
         if reader is None:
             return _replay(body, receive)
         if len(body) <= INLINE_PARSE_BYTES:
@@ -154,8 +165,8 @@ class TopKApp(FastAPI):
         except ClientGone:
             status = 499  # nginx's "client closed request": counted, never sent
         except Exception:
-            log.exception("unhandled error on POST %s", ROUTE)
+            log.exception("unhandled error on POST %s", route)
             await _send(send, 500, INTERNAL_ERROR)
         finally:
-            count(runtime, ROUTE, operator, status, started)
+            count(runtime, route, operator, status, started)
         return None

@@ -4,9 +4,9 @@ For a small request most of the server's time is HTTP plumbing rather than top-k
 an ASGI task per request and runs the middleware and the ``receive``/``send`` coroutines around
 the app (on the benchmark machine an echo answered at this level does twice the requests/s of the
 same echo as an ASGI app). :class:`TopKHttpProtocol` is uvicorn's httptools protocol with one step
-changed: a ``POST /v1/topk`` with a JSON body of at most 64 KiB is held instead of being given a
-task; when its body is complete and :class:`~service.fast_request.PlainTopKReader` accepts it, it
-is queued from the parser's callback and its answer is written to the transport from its
+changed: a ``POST`` to ``/v1/topk`` (or ``/v1/sort``, ``/v1/rank``, ``/v1/isotonic``) with a JSON
+body of at most 64 KiB is held instead of being given a task; when its body is complete and its
+plain reader (:meth:`~service.fast_path.TopKApp.plain_reader`) accepts it, it is queued from the parser's callback and its answer is written to the transport from its
 future's callback. Parsing, keep-alive, pipelining, flow control, shutdown and the access log stay
 uvicorn's. Anything else (another route, a bigger or chunked body, ``Expect: 100-continue``, a
 pipelined request, a body the plain reader leaves to pydantic) starts uvicorn's ASGI task as
@@ -32,11 +32,10 @@ from service.errors import ApiError
 from service.fast_path import (
     INLINE_PARSE_BYTES,
     INTERNAL_ERROR,
-    ROUTE,
     PlainHeaders,
     TopKApp,
     error_body,
-    plain_topk_headers,
+    plain_headers,
 )
 from service.submission import client_gone, count, failure, request_timeout, submit
 
@@ -67,7 +66,7 @@ class TopKHttpProtocol(HttpToolsProtocol):
             and not cycle.waiting_for_100_continue
         ):
             limit = min(INLINE_PARSE_BYTES, self.topk_app.runtime.settings.max_body_bytes)
-            headers = plain_topk_headers(cast(Scope, cycle.scope), limit)
+            headers = plain_headers(cast(Scope, cycle.scope), limit)
             if headers is not None:
                 self._held = (cycle, headers)
                 return
@@ -90,7 +89,8 @@ class TopKHttpProtocol(HttpToolsProtocol):
         started = time.perf_counter()
         app = self.topk_app
         runtime = app.runtime
-        reader = app.plain_reader()
+        route = cycle.scope["path"]
+        reader = app.plain_reader(route)
         prepared = None if reader is None else reader.read(bytes(cycle.body))
         if prepared is None:  # the ASGI app answers it, on the strict path
             super()._start_asgi_task(cycle, self.app)
@@ -101,7 +101,7 @@ class TopKHttpProtocol(HttpToolsProtocol):
             future = submit(runtime, prepared, timeout)
         except ApiError as error:
             self._respond(cycle, error.status, error_body(error), error.headers)
-            count(runtime, ROUTE, operator, error.status, started)
+            count(runtime, route, operator, error.status, started)
             return
         self._answering = future
         future.add_done_callback(functools.partial(self._answered, cycle, operator, started))
@@ -116,8 +116,9 @@ class TopKHttpProtocol(HttpToolsProtocol):
         if self._answering is future:
             self._answering = None
         runtime = self.topk_app.runtime
+        route = cycle.scope["path"]
         if future.cancelled():  # the connection was lost while it waited
-            count(runtime, ROUTE, operator, 499, started)
+            count(runtime, route, operator, 499, started)
             return
         error = future.exception()
         headers: dict[str, str] | None = None
@@ -126,12 +127,12 @@ class TopKHttpProtocol(HttpToolsProtocol):
         else:
             mapped = failure(runtime, error)
             if mapped is None:
-                log.error("unhandled error on POST %s", ROUTE, exc_info=error)
+                log.error("unhandled error on POST %s", route, exc_info=error)
                 status, body = 500, INTERNAL_ERROR
             else:
                 status, body, headers = mapped.status, error_body(mapped), mapped.headers
         self._respond(cycle, status, body, headers)
-        count(runtime, ROUTE, operator, status, started)
+        count(runtime, route, operator, status, started)
 
     def _respond(
         self,
@@ -156,7 +157,8 @@ class TopKHttpProtocol(HttpToolsProtocol):
         if self.access_log:
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
             version = cycle.scope["http_version"]
-            self.access_logger.info('%s - "POST %s HTTP/%s" %d', client, ROUTE, version, status)
+            route = cycle.scope["path"]
+            self.access_logger.info('%s - "POST %s HTTP/%s" %d', client, route, version, status)
         cycle.response_started = cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:

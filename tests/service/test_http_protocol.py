@@ -67,10 +67,14 @@ def asgi_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def request(
-    body: bytes, *extra: str, version: str = "1.1", content_type: str = "application/json"
+    body: bytes,
+    *extra: str,
+    version: str = "1.1",
+    content_type: str = "application/json",
+    path: str = "/v1/topk",
 ) -> bytes:
     head = [
-        f"POST /v1/topk HTTP/{version}",
+        f"POST {path} HTTP/{version}",
         "Host: test",
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
@@ -147,6 +151,31 @@ def test_a_plain_request_is_answered_in_the_protocol_exactly_as_on_the_strict_pa
     [(strict_status, _, strict_answer)] = exchange(asgi_server, strict)
     assert status == strict_status == 200, answer
     assert answer == strict_answer
+
+
+DENSE: list[tuple[str, object]] = [
+    ("/v1/sort", {"x": [[0.5, -1.0, 2.0], [3.0, 1.0]], "descending": True, "epsilon": 0.5}),
+    ("/v1/rank", {"x": [[0.5, -1.0, 2.0]], "regularization": "kl", "tangent": [[1, 0, 0]]}),
+    ("/v1/isotonic", {"x": [[3.0, 1.0, 2.0]], "increasing": True, "cotangent": [[1, 1, 1]]}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), DENSE)
+def test_a_plain_dense_request_is_answered_in_the_protocol_exactly_as_on_the_strict_path(
+    protocol_server: ServerThread,
+    asgi_server: ServerThread,
+    asgi_calls: list[str],
+    path: str,
+    body: object,
+) -> None:
+    encoded = json.dumps(body).encode()
+    [(status, _, answer)] = exchange(protocol_server, request(encoded, path=path))
+    assert asgi_calls == [], "the protocol answered it: the app was never called"
+    strict = request(encoded, content_type="application/vnd.topk+json", path=path)
+    [(strict_status, _, strict_answer)] = exchange(asgi_server, strict)
+    [(asgi_status, _, asgi_answer)] = exchange(asgi_server, request(encoded, path=path))
+    assert status == strict_status == asgi_status == 200, answer
+    assert answer == strict_answer == asgi_answer  # and the ASGI fast path too
 
 
 @pytest.mark.parametrize("body", REFUSED)
