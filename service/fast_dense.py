@@ -17,7 +17,7 @@ import orjson
 from api.models import IsotonicRequest, SoftSortRequest
 from service.engine import Engine
 from service.errors import ApiError
-from service.fast_request import NUMPY_BODY_BYTES, _epsilon_of, _numbers_of
+from service.fast_request import _epsilon_of, plain_matrices
 from service.prepared import PreparedRequest, layout
 
 # Per route: its fields, and the allowed values of its flags and choices (listed, not read from
@@ -72,28 +72,15 @@ class PlainDenseReader:
             given[name] = value
         if body.count(b"true") + body.count(b"false") != flags:
             return None  # a boolean somewhere else, e.g. inside x
-        small = len(body) <= NUMPY_BODY_BYTES
         limits = self.engine.limits
-        if not small:
-            strings = sum(type(value) is str for value in request.values())
-            if body.count(b'"') != 2 * (len(request) + strings):
-                return None  # a string somewhere inside x, tangent, cotangent or epsilon
-        x, lengths = _numbers_of(request.get("x"), small, limits.max_rows, limits.max_n)
-        if lengths is None:
+        matrices = plain_matrices(request, body, limits.max_rows, limits.max_n)
+        if matrices is None:
             return None
-        derivatives = []
-        for name in ("tangent", "cotangent"):
-            value = request.get(name)
-            if value is not None:
-                value, shape = _numbers_of(value, small, limits.max_rows, limits.max_n)
-                if shape != lengths:
-                    return None
-            derivatives.append(value)
+        x, lengths, tangent, cotangent = matrices
         epsilon_ok, epsilon = _epsilon_of(request.get("epsilon"), len(lengths))
         if not epsilon_ok or (epsilon is not None and self.operator == "isotonic"):
             return None
         static = self.engine.static_for(self.operator, **{**self.defaults, **given})
-        tangent, cotangent = derivatives
         ones = [1] * len(lengths)
         try:
             return layout(

@@ -98,6 +98,34 @@ def _numbers_of(value: Any, small: bool, max_rows: int, max_n: int) -> tuple[Any
     return laid_out if laid_out is not None else (value, None)
 
 
+Matrix = list[list[float]] | np.ndarray
+
+
+def plain_matrices(
+    request: dict[str, Any], body: bytes, max_rows: int, max_n: int
+) -> tuple[Matrix, list[int], Matrix | None, Matrix | None] | None:
+    """``x``, its row lengths, and ``tangent`` and ``cotangent`` (None if not given) of a parsed
+    body when all three are plainly valid and shaped alike, else None. A big body's matrices come
+    zero-padded in float32; the caller has refused JSON booleans inside them."""
+    small = len(body) <= NUMPY_BODY_BYTES
+    if not small:
+        strings = sum(type(value) is str for value in request.values())
+        if body.count(b'"') != 2 * (len(request) + strings):
+            return None  # a string somewhere inside x, tangent, cotangent or another number
+    x, lengths = _numbers_of(request.get("x"), small, max_rows, max_n)
+    if lengths is None:
+        return None
+    derivatives: list[Matrix | None] = []
+    for name in ("tangent", "cotangent"):  # shaped like x, row for row
+        given = request.get(name)
+        if given is not None:
+            given, shape = _numbers_of(given, small, max_rows, max_n)
+            if shape != lengths:
+                return None
+        derivatives.append(given)
+    return x, lengths, derivatives[0], derivatives[1]
+
+
 def _ks_of(k: Any, lengths: list[int], max_k: int) -> list[int] | None:
     """One k per row if every k is an int in 1..min(max_k, row length), else None."""
     ks = [k] * len(lengths) if type(k) is int else k
@@ -146,23 +174,10 @@ class PlainTopKReader:
             return None
         engine = self.engine
         limits = engine.limits
-        small = len(body) <= NUMPY_BODY_BYTES
-        if not small:
-            strings = sum(type(value) is str for value in request.values())
-            if body.count(b'"') != 2 * (len(request) + strings):
-                return None  # a string somewhere inside x, tangent, cotangent, k or epsilon
-        x, lengths = _numbers_of(request.get("x"), small, limits.max_rows, limits.max_n)
-        if lengths is None:
+        matrices = plain_matrices(request, body, limits.max_rows, limits.max_n)
+        if matrices is None:
             return None
-        derivatives: list[list[list[float]] | np.ndarray | None] = []
-        for name in ("tangent", "cotangent"):  # shaped like x, row for row
-            given = request.get(name)
-            if given is not None:
-                given, shape = _numbers_of(given, small, limits.max_rows, limits.max_n)
-                if shape != lengths:
-                    return None
-            derivatives.append(given)
-        tangent, cotangent = derivatives
+        x, lengths, tangent, cotangent = matrices
         ks = _ks_of(request.get("k"), lengths, limits.max_k)
         operator = request.get("operator", "sparse")
         output = request.get("output", "mask")
