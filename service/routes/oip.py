@@ -4,7 +4,6 @@ readiness, and ``POST /v2/models/topk/infer`` with the binary tensor data extens
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,19 +21,19 @@ from api.oip import (
     ServerMetadata,
 )
 from service.body import read_capped_body
-from service.errors import ApiError
 from service.fast_path import INLINE_PARSE_BYTES
 from service.oip import OipRequest, decode, encode, invalid, split_body, tensor_metadata
-from service.routes.topk import ERROR_RESPONSES, runtime_of
-from service.submission import TIMEOUT_HEADER, ClientGone, answer, count, request_timeout
+from service.routes.topk import ERROR_RESPONSES, counted, runtime_of
+from service.submission import TIMEOUT_HEADER, answer, request_timeout
 
 router = APIRouter(tags=["oip"])
 INFER_ROUTE = f"/v2/models/{MODEL_NAME}/infer"
 
 
 @router.get("/v2", summary="OIP server metadata", response_model=ServerMetadata)
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "topk-service", "version": "0.1.0", "extensions": [BINARY_EXTENSION]}
+async def server_metadata(request: Request) -> dict[str, Any]:
+    app = request.app
+    return {"name": app.title, "version": app.version, "extensions": [BINARY_EXTENSION]}
 
 
 @router.get(f"/v2/models/{MODEL_NAME}", summary="OIP model metadata", response_model=ModelMetadata)
@@ -116,18 +115,9 @@ async def _infer(request: Request) -> tuple[bytes, dict[str, str], str]:
 async def infer(request: Request) -> Response:
     """The same operators, checks, batching and kernels as ``POST /v1/topk``, with OIP tensors:
     see :mod:`api.oip` for the inputs, parameters and outputs."""
-    runtime = runtime_of(request)
-    started = time.perf_counter()
-    status, operator = 500, "unknown"
-    try:
+
+    async def respond() -> tuple[Response, str]:
         content, headers, operator = await _infer(request)
-        status = 200
-        return Response(content, headers=headers)
-    except ApiError as error:
-        status = error.status
-        raise
-    except ClientGone:
-        status = 499
-        return Response(status_code=499)
-    finally:
-        count(runtime, INFER_ROUTE, operator, status, started)
+        return Response(content, headers=headers), operator
+
+    return await counted(request, INFER_ROUTE, respond)

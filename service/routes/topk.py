@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -89,20 +89,18 @@ async def _answer(
     return payload, prepared.key.operator
 
 
-async def _serve(
-    request: Request,
-    route: str,
-    model: type[Any],
-    prepare: Callable[[Any], PreparedRequest],
+async def counted(
+    request: Request, route: str, respond: Callable[[], Awaitable[tuple[Response, str]]]
 ) -> Response:
-    """One answer with its metrics: status counts for every request, latency for the 200s."""
+    """``respond()``'s response (and operator), with its metrics: status counts for every
+    request, latency for the 200s."""
     runtime = runtime_of(request)
     started = time.perf_counter()
     status, operator = 500, "unknown"
     try:
-        payload, operator = await _answer(request, runtime, model, prepare)
+        response, operator = await respond()
         status = 200
-        return Response(payload, media_type="application/json")
+        return response
     except ApiError as error:
         status = error.status
         raise
@@ -111,6 +109,19 @@ async def _serve(
         return Response(status_code=499)
     finally:
         count(runtime, route, operator, status, started)
+
+
+async def _serve(
+    request: Request,
+    route: str,
+    model: type[Any],
+    prepare: Callable[[Any], PreparedRequest],
+) -> Response:
+    async def respond() -> tuple[Response, str]:
+        payload, operator = await _answer(request, runtime_of(request), model, prepare)
+        return Response(payload, media_type="application/json"), operator
+
+    return await counted(request, route, respond)
 
 
 @router.post(
