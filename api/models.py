@@ -7,19 +7,28 @@ so that every error can name its exact field.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.limits import Limits
+from api.registry import IsotonicSolver, Regularization, SparseSolver, TopKOperator, TopKOutput
 
-Operator = Literal["sparse", "soft", "hard"]
-Output = Literal["mask", "values", "magnitude"]
-Solver = Literal["auto", "threshold", "pav", "dykstra"]
+Operator = TopKOperator
+Output = TopKOutput
+Solver = SparseSolver
 
+# Above this magnitude a number rounds to infinity in float32 (float32's largest value plus half a
+# unit in the last place; the tie rounds to even, which is infinity). Every number of a request
+# must stay finite in float32.
+FLOAT32_OVERFLOW = 3.4028235677973366e38
+
+Float32 = Annotated[float, Field(gt=-FLOAT32_OVERFLOW, lt=FLOAT32_OVERFLOW)]
 PositiveInt = Annotated[int, Field(ge=1)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Rows = Annotated[list[list[float]], Field(min_length=1)]
+PositiveFloat = Annotated[float, Field(gt=0, lt=FLOAT32_OVERFLOW)]
+Row = Annotated[list[Float32], Field(min_length=1)]
+Rows = Annotated[list[Row], Field(min_length=1)]
+Directions = Annotated[list[list[Float32]], Field(min_length=1)]
 
 DERIVATIVE_FIELDS = ("tangent", "cotangent")
 
@@ -42,10 +51,10 @@ class TopKRequest(BaseModel):
     )
     p: float | None = Field(None, description="p of the p-norm regulariser (sparse only).")
     solver: Solver | None = Field(None, description="Solver of the sparse operator.")
-    tangent: list[list[float]] | None = Field(
+    tangent: Directions | None = Field(
         None, description="Direction for a forward derivative (JVP), same shape as x."
     )
-    cotangent: list[list[float]] | None = Field(
+    cotangent: Directions | None = Field(
         None, description="Weights for a reverse derivative (VJP), same shape as x."
     )
 
@@ -60,9 +69,9 @@ class SoftSortRequest(BaseModel):
         None, description="Regularisation strength: one float, or one per row (default: core's)."
     )
     descending: bool = Field(False, description="Sort (or rank) in descending order.")
-    regularization: Literal["l2", "kl"] = Field("l2", description="Quadratic or entropic.")
-    tangent: list[list[float]] | None = Field(None, description="JVP direction, shaped like x.")
-    cotangent: list[list[float]] | None = Field(None, description="VJP weights, shaped like x.")
+    regularization: Regularization = Field("l2", description="Quadratic or entropic.")
+    tangent: Directions | None = Field(None, description="JVP direction, shaped like x.")
+    cotangent: Directions | None = Field(None, description="VJP weights, shaped like x.")
 
 
 class IsotonicRequest(BaseModel):
@@ -72,11 +81,9 @@ class IsotonicRequest(BaseModel):
 
     x: Rows = Field(description="Values to fit: a list of rows; rows may have different lengths.")
     increasing: bool = Field(False, description="Fit a non-decreasing (else non-increasing) row.")
-    solver: Literal["pav", "dykstra"] = Field(
-        "pav", description="Exact PAV or approximate Dykstra."
-    )
-    tangent: list[list[float]] | None = Field(None, description="JVP direction, shaped like x.")
-    cotangent: list[list[float]] | None = Field(None, description="VJP weights, shaped like x.")
+    solver: IsotonicSolver = Field("pav", description="Exact PAV or approximate Dykstra.")
+    tangent: Directions | None = Field(None, description="JVP direction, shaped like x.")
+    cotangent: Directions | None = Field(None, description="VJP weights, shaped like x.")
 
 
 DenseRequest = SoftSortRequest | IsotonicRequest

@@ -30,7 +30,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-MODEL_NAME = "topk"
+from api.registry import DENSE_OPERATORS, OPERATORS, TOPK_OPERATORS, Operator
+
+MODEL_NAME = "topk"  # the top-k family's model; each dense operator is a model of its own name
 MODEL_VERSION = "1"
 BINARY_EXTENSION = "binary_tensor_data"
 HEADER_LENGTH = "inference-header-content-length"  # the JSON part of a binary-extension body
@@ -39,15 +41,37 @@ Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
 
 FLOAT_TYPES = ("FP32", "FP64")
 INT_TYPES = ("INT32", "INT64")
-INPUTS: dict[str, tuple[tuple[str, ...], int]] = {  # name: (datatypes, rank)
-    "x": (FLOAT_TYPES, 2),
-    "k": (INT_TYPES, 1),
-    "epsilon": (FLOAT_TYPES, 1),
-    "tangent": (FLOAT_TYPES, 2),
-    "cotangent": (FLOAT_TYPES, 2),
+# The models, each with the registry's operators it serves (the top-k model picks one with the
+# ``operator`` parameter).
+MODELS: dict[str, tuple[Operator, ...]] = {
+    MODEL_NAME: tuple(o for o in OPERATORS if o.name in TOPK_OPERATORS),
+    **{o.name: (o,) for o in OPERATORS if o.name in DENSE_OPERATORS},
 }
-OUTPUTS: dict[str, str] = {"values": "FP32", "indices": "INT32", "jvp": "FP32", "vjp": "FP32"}
-PARAMETERS = ("k", "operator", "output", "epsilon", "p", "solver", "binary_data_output")
+
+
+def model_inputs(model: str) -> dict[str, tuple[tuple[str, ...], int]]:
+    """Input name -> (datatypes, rank): ``x`` and the derivatives, and the per-row parameters."""
+    inputs: dict[str, tuple[tuple[str, ...], int]] = {"x": (FLOAT_TYPES, 2)}
+    for operator in MODELS[model]:
+        for p in operator.parameters:
+            if p.per_row:
+                inputs.setdefault(p.name, (INT_TYPES if p.type == "int" else FLOAT_TYPES, 1))
+    return {**inputs, "tangent": (FLOAT_TYPES, 2), "cotangent": (FLOAT_TYPES, 2)}
+
+
+def model_outputs(model: str) -> dict[str, str]:
+    """Output name -> datatype."""
+    if MODELS[model][0].family == "topk":
+        return {"values": "FP32", "indices": "INT32", "jvp": "FP32", "vjp": "FP32"}
+    return {"values": "FP32", "jvp": "FP32", "vjp": "FP32"}
+
+
+def model_parameters(model: str) -> tuple[str, ...]:
+    """Request parameters: the operator's (a per-row one also as a scalar), and the extension's."""
+    names = ["operator", "output"] if MODELS[model][0].family == "topk" else []
+    for operator in MODELS[model]:
+        names += [p.name for p in operator.parameters if p.name not in names]
+    return (*names, "binary_data_output")
 
 
 class _Strict(BaseModel):
@@ -70,7 +94,7 @@ class RequestOutput(_Strict):
 
 
 class InferRequest(_Strict):
-    """``POST /v2/models/topk/infer``."""
+    """``POST /v2/models/{model}/infer``."""
 
     id: StrictStr | None = None
     parameters: dict[str, Parameter] = {}

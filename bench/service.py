@@ -10,8 +10,13 @@ get as the same bytes), then runs an open-loop paced load at 80 % of the measure
 check the tail. Results go to the ``## Service`` section of
 bench/RESULTS.md (other sections are left untouched).
 
-    python bench/service.py                 # full run (~3-4 minutes on 2 cores)
+    python bench/service.py                 # full run (~5 minutes on 2 cores)
     python bench/service.py --duration 2    # quicker
+    python bench/service.py --baseline f00d56f   # also the service as of that commit, side by side
+
+``--baseline REV`` checks REV out into a temporary git worktree and runs its service as a fifth
+target with the same settings, measured in the same rounds as the others: a before/after
+comparison that the machine's load drift cannot bias.
 """
 
 from __future__ import annotations
@@ -138,11 +143,11 @@ class Target:
                 self.process.wait()
 
 
-def start_service(name: str, batching: bool, cache: Path) -> Target:
+def start_service(name: str, batching: bool, cache: Path, root: Path = ROOT) -> Target:
     port = free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(root),
         "TOPK_BATCHING": "true" if batching else "false",
         "TOPK_WARMUP_OPERATORS": "sparse",
         "TOPK_WARMUP_ROW_BUCKETS": "1,2,4,8,16,32,64,128,256",
@@ -151,8 +156,25 @@ def start_service(name: str, batching: bool, cache: Path) -> Target:
         "TOPK_LOG_LEVEL": "warning",
     }
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=ROOT, env=environment)
+    process = subprocess.Popen(command, cwd=root, env=environment)
     return Target(name, process, port, "/v1/topk")
+
+
+def baseline_tree(revision: str) -> Path:
+    """A detached worktree of ``revision`` (made once, reused by later runs)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", revision],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tree = ROOT / ".jax_cache" / f"baseline-{commit}"
+    if not tree.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True
+        )
+    return tree
 
 
 def start_echo(parked: bool = False) -> Target:
@@ -274,6 +296,9 @@ async def open_loop(
 
 
 OIP_BINARY = "batched 256x1024 k=8, OIP binary"
+OIP_SMALL_JSON = "small 1x64 k=2, OIP JSON"
+OIP_SMALL_BINARY = "small 1x64 k=2, OIP binary"
+OIP_PAYLOADS = (OIP_SMALL_JSON, OIP_SMALL_BINARY, OIP_BINARY)
 
 
 def payloads() -> dict[str, bytes]:
@@ -286,43 +311,49 @@ def payloads() -> dict[str, bytes]:
     }
 
 
-def oip_binary_request(path: str) -> bytes:
-    """The batched payload's numbers as an OIP inference request with the binary tensor data
-    extension (raw float32 after the JSON header), asking for the indices as binary data."""
+def _numbers() -> tuple[np.ndarray, np.ndarray]:
+    """The small and the batched payloads' numbers (the same draws as payloads())."""
     rng = np.random.default_rng(0)
-    rng.normal(size=(1, 64))  # the same draws as payloads(): the same x
-    x = rng.normal(size=(256, 1024)).round(4).astype("<f4")
-    header = json.dumps(
-        {
-            "parameters": {"k": 8},
-            "inputs": [
-                {
-                    "name": "x",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                },
-            ],  # fmt: skip
-            "outputs": [{"name": "indices", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    body = header + x.tobytes()
+    small = rng.normal(size=(1, 64)).round(4)
+    return small, rng.normal(size=(256, 1024)).round(4)
+
+
+def oip_request(path: str, x: np.ndarray, k: int, binary: bool) -> bytes:
+    """``x`` as an OIP inference request, as JSON data or with the binary tensor data extension
+    (raw float32 after the JSON header, the indices asked for as binary data too)."""
+    tensor: dict[str, Any] = {"name": "x", "shape": list(x.shape), "datatype": "FP32"}
+    request: dict[str, Any] = {"parameters": {"k": k}, "inputs": [tensor]}
+    blob = b""
+    if binary:
+        blob = x.astype("<f4").tobytes()
+        tensor["parameters"] = {"binary_data_size": len(blob)}
+        request["outputs"] = [{"name": "indices", "parameters": {"binary_data": True}}]
+    else:
+        tensor["data"] = x.ravel().tolist()
+    header = json.dumps(request).encode()
+    body = header + blob
+    framing = f"Inference-Header-Content-Length: {len(header)}\r\n" if binary else ""
+    kind = "application/octet-stream" if binary else "application/json"
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/octet-stream\r\n"
-        f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {kind}\r\n{framing}"
+        f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
 
 def request_for(target: Target, label: str, bodies: dict[str, bytes]) -> bytes:
     """``label``'s request to ``target``; the echoes get the same bytes at their own path."""
-    if label == OIP_BINARY:
-        service = target.path == "/v1/topk"
-        return oip_binary_request("/v2/models/topk/infer" if service else target.path)
+    if label in OIP_PAYLOADS:
+        path = "/v2/models/topk/infer" if target.path == "/v1/topk" else target.path
+        small, batched = _numbers()
+        x, k = (batched, 8) if label == OIP_BINARY else (small, 2)
+        return oip_request(path, x, k, binary=label != OIP_SMALL_JSON)
     return http_request(target.path, bodies[label])
 
 
-async def run(duration: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def run(
+    duration: float, baseline: str | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All four servers run at once and every cell is measured back to back on all four, so
     that a drift in the machine's load (it is shared) biases no target against another."""
     cache = ROOT / ".jax_cache" / "bench"
@@ -338,7 +369,11 @@ async def run(duration: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             # One after the other: the second start loads the first one's kernels from the cache.
             targets.append(start_service(name, batching, cache))
             await wait_ready(targets[-1], "/readyz")
-        for label in [*bodies, OIP_BINARY]:
+        if baseline is not None:
+            name = f"baseline {baseline}"
+            targets.append(start_service(name, True, cache / "baseline", baseline_tree(baseline)))
+            await wait_ready(targets[-1], "/readyz")
+        for label in [*bodies, *OIP_PAYLOADS]:
             for target in targets[2:]:  # first-touch effects out of the way
                 await closed_loop(target.port, request_for(target, label, bodies), 4, 1.0)
             for clients in CONCURRENCY:
@@ -377,19 +412,28 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
             if (r["target"], r["payload"], r["clients"]) == (target, payload, clients)
         )
 
+    baseline = next((r["target"] for r in rows if r["target"].startswith("baseline")), None)
+    extra_head = f" {baseline} req/s | p50 | p99 |" if baseline else ""
     lines = [
         "## Service",
         "",
-        f"`python bench/service.py --duration {duration:g}` on {platform.machine()}, "
+        f"`python bench/service.py --duration {duration:g}"
+        f"{' --baseline ' + baseline.split()[-1] if baseline else ''}` on {platform.machine()}, "
         f"{os.cpu_count()} CPUs shared by server and load generator, CPU JAX, Python "
         f"{platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Closed-loop "
         "keep-alive clients; latencies in ms; `echo` is a bare uvicorn app returning the body; "
         "`parked echo` is the same echo with every request parked on its own future until one "
-        "callback releases all waiting requests (the floor of any dynamic batcher on this stack).",
+        "callback releases all waiting requests (the floor of any dynamic batcher on this stack)"
+        + (
+            f"; `{baseline}` is the service as of that commit, measured in the same rounds."
+            if baseline
+            else "."
+        ),
         "",
         "| payload | clients | echo req/s | parked echo req/s | batching on req/s | p50 | p99 "
-        "| batching off req/s | p50 | p99 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batching off req/s | p50 | p99 |" + extra_head,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|---:|---:|" if baseline else ""),
     ]
     for payload in dict.fromkeys(r["payload"] for r in rows):
         for clients in CONCURRENCY:
@@ -397,13 +441,33 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
             parked = find("parked echo", payload, clients)
             on = find("batching on", payload, clients)
             off = find("batching off", payload, clients)
-            lines.append(
+            line = (
                 f"| {payload} | {clients} | {e['rps']:.0f} | {parked['rps']:.0f} | {on['rps']:.0f} | "
                 f"{on['p50_ms']:.1f} | "
                 f"{on['p99_ms']:.1f} | {off['rps']:.0f} | {off['p50_ms']:.1f} | {off['p99_ms']:.1f} |"
             )
-    errors = sum(r["errors"] for r in rows) + paced.get("errors", 0)
+            if baseline:
+                b = find(baseline, payload, clients)
+                line += f" {b['rps']:.0f} | {b['p50_ms']:.1f} | {b['p99_ms']:.1f} |"
+            lines.append(line)
     small = "small 1x64 k=2"
+    lines += ["", "| ratio (batching on, 64 clients) | measured |", "|---|---:|"]
+    v1 = find("batching on", small, 64)["rps"]
+    for label in (OIP_SMALL_JSON, OIP_SMALL_BINARY):
+        lines.append(
+            f"| {label} ÷ {small} (/v1/topk) | {find('batching on', label, 64)['rps'] / v1:.0%} |"
+        )
+    batched = "batched 256x1024 k=8"
+    ratio = find("batching on", OIP_BINARY, 64)["rps"] / find("batching on", batched, 64)["rps"]
+    lines.append(f"| {OIP_BINARY} ÷ {batched} (/v1/topk JSON) | {ratio:.0%} |")
+    if baseline:
+        for payload in dict.fromkeys(r["payload"] for r in rows):
+            now, then = find("batching on", payload, 64), find(baseline, payload, 64)
+            lines.append(
+                f"| {payload}: this tree ÷ {baseline} | {now['rps'] / then['rps']:.0%} "
+                f"(p50 {now['p50_ms']:.1f} vs {then['p50_ms']:.1f} ms) |"
+            )
+    errors = sum(r["errors"] for r in rows) + paced.get("errors", 0)
     best_echo = max(find("echo", small, c)["rps"] for c in CONCURRENCY)
     best_on = max(find("batching on", small, c)["rps"] for c in CONCURRENCY)
     speedup = find("batching on", small, 64)["rps"] / find("batching off", small, 64)["rps"]
@@ -441,6 +505,7 @@ def main() -> None:
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-parked-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
+    parser.add_argument("--baseline", metavar="REV", help="also run the service as of REV")
     arguments = parser.parse_args()
     if arguments.serve_echo or arguments.serve_parked_echo:
         serve_echo(
@@ -448,7 +513,7 @@ def main() -> None:
             parked=bool(arguments.serve_parked_echo),
         )
         return
-    rows, paced = asyncio.run(run(arguments.duration))
+    rows, paced = asyncio.run(run(arguments.duration, arguments.baseline))
     section = report(rows, paced, arguments.duration)
     print(section)
     if not arguments.no_write:

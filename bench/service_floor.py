@@ -5,10 +5,10 @@ how far each layer of the service's own request path lets it get, on the same ma
 run (64 keep-alive clients, the small 1x64 k=2 body):
 
 - ``asgi echo``: the bare uvicorn ASGI app that returns the body (the issue's floor);
-- ``protocol echo``: the service's HTTP protocol (service/http_protocol.py) answering every
-  ``POST /v1/topk`` with its own body, the app never called: the floor of our HTTP layer;
-- ``protocol + reader``: the same, but the body is read by the plain reader first (orjson, type
-  and range checks, layout), no batching, no device: what reading the JSON costs;
+- ``protocol echo``: the service's HTTP protocol gate (service/ingress/protocol.py) answering
+  every ``POST /v1/topk`` with its own body, the app never called: the floor of our HTTP layer;
+- ``protocol + reader``: the same, but the body is read by the ``/v1`` reader first (orjson, type
+  and range checks, the work unit), no batching, no device: what reading the JSON costs;
 - ``service``: the real thing, one process (what ``make run`` starts);
 - ``service x2``: two service processes sharing the port (SO_REUSEPORT), each with its own
   engine: what a second process buys when the event loop is the bottleneck.
@@ -53,7 +53,8 @@ def serve(mode: str, port: int, own_port: int) -> None:
     import uvicorn
 
     from service.app import create_app
-    from service.http_protocol import TopKHttpProtocol, http_protocol
+    from service.ingress.gate import Reply
+    from service.ingress.protocol import TopKHttpProtocol, http_protocol
     from service.settings import Settings
 
     settings = Settings.from_env()
@@ -64,12 +65,11 @@ def serve(mode: str, port: int, own_port: int) -> None:
     if mode != "service":
         read = mode == "protocol-reader"
 
-        def echo(self: Any, cycle: Any, _headers: Any) -> None:
+        def echo(self: Any, cycle: Any, endpoint: Any, headers: Any) -> None:
             body = bytes(cycle.body)
             if read:
-                reader = self.topk_app.plain_reader()
-                assert reader is not None and reader.read(body) is not None
-            self._respond(cycle, 200, body)
+                endpoint.decode(headers, body)
+            self._respond(cycle, Reply(200, body, {"content-type": "application/json"}))
 
         protocol = type("EchoProtocol", (protocol,), {"_serve": echo})
     sockets = []

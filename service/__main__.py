@@ -8,6 +8,7 @@ finishes in-flight requests (up to ``--graceful-timeout`` seconds) and the lifes
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,9 +18,18 @@ from typing import Any
 import uvicorn
 
 from service.app import create_app
-from service.http_protocol import http_protocol
+from service.ingress.asgi import TopKApp
 from service.runtime import ServiceRuntime
 from service.settings import Settings
+
+
+def _http(app: TopKApp, settings: Settings) -> type[asyncio.Protocol] | str:
+    """uvicorn's ``http`` setting: the protocol gate (imported only when it is on), or uvicorn's."""
+    if settings.http_protocol == "uvicorn":
+        return "auto"
+    from service.ingress.protocol import http_protocol
+
+    return http_protocol(app)
 
 
 class DrainingServer(uvicorn.Server):
@@ -74,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lifespan="on",  # a failing start-up must stop the process, not be ignored
         timeout_graceful_shutdown=arguments.graceful_timeout,
         timeout_keep_alive=75,  # above common proxy idle timeouts (60 s), so no stray 502s
-        http=http_protocol(app) if settings.http_fast_path else "auto",
+        http=_http(app, settings),
     )
     DrainingServer(config, app.state.runtime).run()
 

@@ -1,4 +1,4 @@
-"""The app factory: ``create_app(settings)`` builds a FastAPI app whose lifespan runs the engine."""
+"""The app factory: ``create_app(settings)`` builds the app, its runtime and its ingress."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.routing import Route
 
 from service.errors import install_error_handlers
-from service.fast_path import TopKApp
-from service.routes import oip, probes, topk
+from service.ingress.asgi import TopKApp
+from service.ingress.gate import Ingress
+from service.ingress.routes import oip, probes, v1
 from service.runtime import ServiceRuntime
 from service.settings import Settings
 
@@ -47,14 +47,9 @@ def create_app(settings: Settings | None = None) -> TopKApp:
         generate_unique_id_function=_operation_id,
     )
     app.state.runtime = runtime
+    app.state.ingress = Ingress(runtime)
     install_error_handlers(app)
-    app.include_router(topk.router)
-    # FastAPI's per-request dependency solving costs about as much as all of our validation of a
-    # small request, and /v1/topk reads the raw body itself anyway: a plain Starlette route placed
-    # first serves it. The APIRoute stays (unreachable) so that OpenAPI documents the contract.
-    app.router.routes.insert(0, Route("/v1/topk", topk.topk, methods=["POST"]))
-    for name, endpoint in topk.DENSE_ENDPOINTS.items():  # the same for the dense operators
-        app.router.routes.insert(0, Route(f"/v1/{name}", endpoint, methods=["POST"]))
+    app.include_router(v1.router)
     app.include_router(probes.router)
     app.include_router(oip.router)
     return app

@@ -7,16 +7,17 @@ import gc
 import logging
 from typing import Literal
 
-from service.batcher import Batcher
-from service.build_info import build_info
-from service.compile_events import start_counting
-from service.engine import Engine
-from service.jax_setup import enable_persistent_cache
-from service.kernels import KernelKey
-from service.metrics import ServiceMetrics
-from service.operators import AvailableOperator, available_operators
-from service.pipeline import TopKPipeline
-from service.prepared import BatchKey, PreparedRequest
+from service.device.assembly import Answer
+from service.device.batcher import Batcher
+from service.device.engine import Engine
+from service.device.jax_setup import enable_persistent_cache
+from service.device.kernels import KernelKey
+from service.device.operators import BoundOperator, bind_operators
+from service.device.pipeline import Pipeline
+from service.device.work import BatchKey, WorkUnit
+from service.observability.build_info import build_info
+from service.observability.compile_events import start_counting
+from service.observability.metrics import ServiceMetrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,12 @@ class ServiceRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
-        self.operators: dict[str, AvailableOperator] = available_operators()
+        self.operators: dict[str, BoundOperator] = bind_operators(settings.p_values)
         self.state: State = "starting"
         self.failure: str | None = None
         self._engine: Engine | None = None
-        self._pipeline: TopKPipeline | None = None
-        self._batcher: Batcher[BatchKey, PreparedRequest, bytes] | None = None
+        self._pipeline: Pipeline | None = None
+        self._batcher: Batcher[BatchKey, WorkUnit, Answer] | None = None
         self._warmup: asyncio.Task[None] | None = None
         self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
 
@@ -50,7 +51,7 @@ class ServiceRuntime:
         return self._engine
 
     @property
-    def batcher(self) -> Batcher[BatchKey, PreparedRequest, bytes]:
+    def batcher(self) -> Batcher[BatchKey, WorkUnit, Answer]:
         if self._batcher is None:
             raise RuntimeError("the batcher starts with the app's lifespan")
         return self._batcher
@@ -70,7 +71,7 @@ class ServiceRuntime:
         enable_persistent_cache(s.compilation_cache_dir)
         self.metrics.record_build(build_info())
         self._engine = Engine(s, self.operators, on_compile=self._on_compile)
-        self._pipeline = TopKPipeline(self._engine, self.metrics)
+        self._pipeline = Pipeline(self._engine, self.metrics)
         self._batcher = Batcher(
             self._pipeline,
             max_batch_rows=s.max_batch_rows,

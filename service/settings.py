@@ -76,11 +76,12 @@ class Settings(BaseModel):
             " waits for the device, gathering what arrives meanwhile."
         ),
     )
-    http_fast_path: bool = Field(
-        True,
+    http_protocol: Literal["topk", "uvicorn"] = Field(
+        "topk",
         description=(
-            "Answer small plain POST /v1/topk requests inside uvicorn's HTTP protocol, without an"
-            " ASGI task per request (python -m service only; other requests are unaffected)."
+            "topk: inference requests of at most 64 KiB are read and answered inside uvicorn's"
+            " HTTP protocol, without an ASGI task per request (python -m service only); uvicorn:"
+            " uvicorn's own protocol, every request through the ASGI app."
         ),
     )
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After of a 503.")

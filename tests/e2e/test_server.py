@@ -1,4 +1,7 @@
-"""``python -m service`` in its own process on a free port, driven over real HTTP.
+"""The server in its own process on a free port, driven over real HTTP: as ``python -m service``
+runs it (the protocol gate answers small requests), and under plain uvicorn
+(``uvicorn --factory service.app:create_app``: the ASGI gate alone, the protocol module never
+imported).
 
 Concurrent requests of mixed shapes, operators and outputs are checked against the core called
 directly in this process; the persistent compilation cache must have been written; SIGTERM must
@@ -40,9 +43,23 @@ class Server:
         self.process, self.url, self.cache = process, url, cache
 
 
+COMMANDS = {
+    "python -m service": ["-m", "service", "--host", "127.0.0.1", "--port"],
+    "plain uvicorn": [
+        "-m", "uvicorn", "--factory", "service.app:create_app", "--lifespan", "on",
+        "--no-access-log", "--host", "127.0.0.1", "--port",
+    ],
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cache = tmp_path_factory.mktemp("jax-cache")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compilation cache for both servers: the second one loads the first one's kernels."""
+    return tmp_path_factory.mktemp("jax-cache")
+
+
+@pytest.fixture(scope="module", params=list(COMMANDS))
+def server(request: pytest.FixtureRequest, cache: Path) -> Iterator[Server]:
     port = free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
@@ -58,9 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "TOPK_LOG_LEVEL": "warning",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=environment,
+        [sys.executable, *COMMANDS[request.param], str(port)], cwd=ROOT, env=environment
     )
     url = f"http://127.0.0.1:{port}"
     try:

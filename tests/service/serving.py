@@ -9,10 +9,11 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import uvicorn
 
 from service import Settings, create_app
-from service.http_protocol import http_protocol
+from service.ingress.protocol import http_protocol
 from service.runtime import ServiceRuntime
 
 # Small ladders keep warm-up to a few seconds; tests that need more compile on demand.
@@ -39,9 +40,7 @@ def small_settings(**overrides: object) -> Settings:
 class ServerThread:
     """``with ServerThread(settings) as server:`` serves at ``server.url`` until the block ends."""
 
-    def __init__(
-        self, settings: Settings, wait_ready: bool = True, fast_protocol: bool = True
-    ) -> None:
+    def __init__(self, settings: Settings, wait_ready: bool = True) -> None:
         self.app = create_app(settings)
         self.runtime: ServiceRuntime = self.app.state.runtime
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -53,7 +52,7 @@ class ServerThread:
             log_level="warning",
             lifespan="on",
             access_log=False,
-            http=http_protocol(self.app) if fast_protocol else "auto",
+            http=http_protocol(self.app) if settings.http_protocol == "topk" else "auto",
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="uvicorn-test", daemon=True)
@@ -83,8 +82,16 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def serving(fast_protocol: bool = True, **overrides: object) -> Iterator[ServerThread]:
-    """A test server as ``python -m service`` runs it; ``fast_protocol=False`` keeps every request
-    on the ASGI path."""
-    with ServerThread(small_settings(**overrides), fast_protocol=fast_protocol) as server:
+def serving(**overrides: object) -> Iterator[ServerThread]:
+    """A test server as ``python -m service`` runs it (``http_protocol="uvicorn"``: plain uvicorn,
+    every request through the ASGI gate)."""
+    with ServerThread(small_settings(**overrides)) as server:
         yield server
+
+
+def metric(server: ServerThread, sample: str) -> float:
+    """The value of one sample of ``/metrics`` (0 if it is not there yet)."""
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -1,0 +1,229 @@
+"""The checks every request passes before it is queued, whichever wire format it came in.
+
+A reader (the ``/v1`` JSON reader, the OIP codec) checks what its format can get wrong — JSON
+types, tensor datatypes and shapes — and hands typed values to :meth:`Checks.work_unit`, which
+checks them against this server: sizes (413), then the meaning of the request (422: k against its
+row, parameters the operator does not take, derivatives not shaped like ``x``, a ``p`` the server
+does not offer), and returns the :class:`~service.device.work.WorkUnit` the device side runs. Every
+refusal names its field; all of them are found before a request is queued, so a batch only ever
+holds requests that can be computed.
+
+The happy path is a handful of comparisons (a 1×64 request pays about a microsecond here); the
+reasons are worked out only once something is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from api.errors import FieldError
+from api.models import FLOAT32_OVERFLOW
+from api.registry import Parameter
+from service.device.buckets import BucketLadder
+from service.device.operators import BoundOperator
+from service.device.work import BatchKey, Matrix, Static, WorkUnit, derivative_of
+from service.errors import ApiError
+from service.settings import Settings
+
+P_TOLERANCE = 1e-9  # 4/3 sent as 1.3333333333333333 or 1.333333333333333 is the same p
+MAX_REPORTED = 20  # a 10 000-row request with every k wrong should not produce a 1 MB error body
+_STATICS_KEPT = 256  # clients choose p: bound how many distinct knob sets are remembered
+
+
+def invalid(errors: list[FieldError], status: int = 422) -> ApiError:
+    summary = "request too large" if status == 413 else "invalid request"
+    return ApiError(status, summary, errors[:MAX_REPORTED])
+
+
+def field_error(field: str, reason: str, status: int = 422) -> ApiError:
+    return invalid([FieldError(field=field, reason=reason)], status)
+
+
+class Checks:
+    """The server-side checks of one server (its limits, operators and bucket ladder)."""
+
+    def __init__(self, settings: Settings, operators: Mapping[str, BoundOperator]) -> None:
+        self.settings = settings
+        self.limits = settings.limits
+        self.operators = operators
+        self.ladder = BucketLadder(settings.row_buckets, settings.n_buckets)
+        self._names = {name: frozenset(p.name for p in op.spec.parameters) for name, op in operators.items()}  # fmt: skip
+        self._statics: dict[tuple[str, tuple[Any, ...]], Static] = {}
+
+    def work_unit(
+        self,
+        operator: BoundOperator,
+        output: str,
+        x: Matrix,
+        lengths: list[int],
+        k: int | list[int] | None,
+        epsilon: float | list[float] | None,
+        given: Mapping[str, Any],
+        tangent: tuple[Matrix, list[int]] | None = None,
+        cotangent: tuple[Matrix, list[int]] | None = None,
+    ) -> WorkUnit:
+        """The work unit of a typed request, or ``ApiError`` (413, then 422) naming the fields.
+
+        ``given`` holds the operator's other parameters the client set (not null); ``tangent`` and
+        ``cotangent`` come with their row lengths, which must be ``x``'s.
+        """
+        limits = self.limits
+        rows = len(lengths)
+        if rows > limits.max_rows or max(lengths) > limits.max_n:
+            raise invalid(self._size_errors(lengths), 413)
+        ks = [1] * rows if k is None else [k] * rows if type(k) is int else k
+        ok = (
+            type(ks) is list
+            and len(ks) == rows
+            and all(value <= n for value, n in zip(ks, lengths, strict=True))
+            and (k is None or max(ks) <= limits.max_k)
+            and (type(epsilon) is not list or len(epsilon) == rows)
+            and given.keys() <= self._names[operator.name]
+            and output in operator.functions
+            and (tangent is None or tangent[1] == lengths)
+            and (cotangent is None or cotangent[1] == lengths)
+        )
+        if not ok:
+            raise invalid(
+                self._meaning_errors(
+                    operator, output, lengths, k, epsilon, given, tangent, cotangent
+                )
+            )
+        static = self.static(operator, given)
+        if epsilon is None:
+            default = operator.spec.parameter("epsilon")
+            epsilon = 1.0 if default is None else float(default.default)  # type: ignore[arg-type]
+        key = BatchKey(
+            operator.name,
+            output,
+            derivative_of(tangent is not None, cotangent is not None),
+            static,
+            self.ladder.n_rung(max(lengths)),
+        )
+        return WorkUnit(
+            key,
+            x,
+            ks,  # type: ignore[arg-type]
+            epsilon,
+            lengths,
+            None if tangent is None else tangent[0],
+            None if cotangent is None else cotangent[0],
+        )
+
+    def static(self, operator: BoundOperator, given: Mapping[str, Any]) -> Static:
+        """The kernel's compile-time keywords for ``given`` (422 naming a ``p`` not offered)."""
+        values = tuple(given.get(name) for name in operator.spec.compile_time)
+        key = (operator.name, values)
+        static = self._statics.get(key)
+        if static is None:
+            static = operator.static(given)
+            knobs = dict(static)
+            if "p" in knobs:
+                knobs["p"] = self._offered_p(knobs["p"])
+                static = tuple(sorted(knobs.items()))
+            if len(self._statics) < _STATICS_KEPT:
+                self._statics[key] = static
+        return static
+
+    def _offered_p(self, p: float) -> float:
+        """``p`` as the offered value it equals (each offered p is its own executable)."""
+        for allowed in self.settings.p_values:
+            if math.isclose(p, allowed, rel_tol=P_TOLERANCE, abs_tol=P_TOLERANCE):
+                return allowed
+        offered = ", ".join(repr(v) for v in self.settings.p_values)
+        raise field_error("p", f"p={p!r} is not one of {offered}")
+
+    # ------------------------------------------------------------------ reasons, once refused
+
+    def _size_errors(self, lengths: list[int]) -> list[FieldError]:
+        limits = self.limits
+        errors: list[FieldError] = []
+        if len(lengths) > limits.max_rows:
+            reason = f"{len(lengths)} rows; at most {limits.max_rows}"
+            errors.append(FieldError(field="x", reason=reason))
+        errors += [
+            FieldError(field=f"x[{i}]", reason=f"{n} entries; at most {limits.max_n}")
+            for i, n in enumerate(lengths)
+            if n > limits.max_n
+        ]
+        return errors
+
+    def _meaning_errors(
+        self,
+        operator: BoundOperator,
+        output: str,
+        lengths: list[int],
+        k: int | list[int] | None,
+        epsilon: float | list[float] | None,
+        given: Mapping[str, Any],
+        tangent: tuple[Matrix, list[int]] | None,
+        cotangent: tuple[Matrix, list[int]] | None,
+    ) -> list[FieldError]:
+        rows = len(lengths)
+        errors: list[FieldError] = []
+        if output not in operator.functions:
+            offered = ", ".join(operator.functions)
+            reason = f"operator {operator.name!r} has no output {output!r} (offered: {offered})"
+            errors.append(FieldError(field="output", reason=reason))
+        if k is not None:
+            ks = [k] * rows if type(k) is int else k
+            if type(ks) is not list or len(ks) != rows:
+                given_count = 1 if type(k) is int else len(k)  # type: ignore[arg-type]
+                reason = f"give one k, or one per row ({rows}); got {given_count}"
+                errors.append(FieldError(field="k", reason=reason))
+            else:
+                max_k = self.limits.max_k
+                for i, (value, n) in enumerate(zip(ks, lengths, strict=True)):
+                    field = f"k[{i}]" if type(k) is list else "k"
+                    if value > max_k:
+                        reason = f"k={value} exceeds max_k={max_k}"
+                        errors.append(FieldError(field=field, reason=reason))
+                    elif value > n:
+                        reason = f"k={value} exceeds the length {n} of row x[{i}]"
+                        errors.append(FieldError(field=field, reason=reason))
+        if type(epsilon) is list and len(epsilon) != rows:
+            reason = f"give one epsilon, or one per row ({rows}); got {len(epsilon)}"
+            errors.append(FieldError(field="epsilon", reason=reason))
+        names = self._names[operator.name]
+        errors += [
+            FieldError(field=name, reason=f"does not apply to operator {operator.name!r}")
+            for name in given
+            if name not in names
+        ]
+        for name, direction in (("tangent", tangent), ("cotangent", cotangent)):
+            if direction is not None and direction[1] != lengths:
+                errors += _shape_errors(name, direction[1], lengths)
+        return errors
+
+
+def _shape_errors(name: str, other: list[int], lengths: list[int]) -> list[FieldError]:
+    if len(other) != len(lengths):
+        reason = f"{len(other)} rows; x has {len(lengths)} (same shape)"
+        return [FieldError(field=name, reason=reason)]
+    return [
+        FieldError(field=f"{name}[{i}]", reason=f"{m} entries; x[{i}] has {n}")
+        for i, (m, n) in enumerate(zip(other, lengths, strict=True))
+        if m != n
+    ]
+
+
+def finite_float32(value: float) -> bool:
+    """Whether a number stays finite in float32."""
+    return -FLOAT32_OVERFLOW < value < FLOAT32_OVERFLOW
+
+
+def parameter_error(parameter: Parameter, value: Any) -> str | None:
+    """Why ``value`` is not a value of ``parameter``'s type (None: it is). Numbers are checked by
+    exact type: a boolean is not a number here."""
+    if parameter.type == "bool":
+        return None if type(value) is bool else f"expected true or false, got {value!r}"
+    if parameter.type == "float":
+        return None if type(value) in (int, float) else f"expected a number, got {value!r}"
+    if parameter.type == "int":
+        return None if type(value) is int else f"expected an int, got {value!r}"
+    choices = parameter.choices or ()
+    if type(value) is str and value in choices:
+        return None
+    return f"expected one of {', '.join(map(str, choices))}, got {value!r}"
