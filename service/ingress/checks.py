@@ -15,6 +15,7 @@ reasons are worked out only once something is wrong.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ from api.models import FLOAT32_OVERFLOW
 from api.registry import Parameter
 from service.device.buckets import BucketLadder
 from service.device.operators import BoundOperator
-from service.device.work import BatchKey, Matrix, Static, WorkUnit, derivative_of
+from service.device.work import BatchKey, Derivative, Matrix, Static, WorkUnit, derivative_of
 from service.errors import ApiError
 from service.settings import Settings
 
@@ -49,7 +50,14 @@ class Checks:
         self.limits = settings.limits
         self.operators = operators
         self.ladder = BucketLadder(settings.row_buckets, settings.n_buckets)
-        self._names = {name: frozenset(p.name for p in op.spec.parameters) for name, op in operators.items()}  # fmt: skip
+        self._n_rungs = settings.n_buckets
+        # Per operator, what every request of it looks up (computed once, read per request):
+        self._names = {n: frozenset(p.name for p in op.spec.parameters) for n, op in operators.items()}  # fmt: skip
+        self._compile_time = {name: op.spec.compile_time for name, op in operators.items()}
+        self._epsilon = {
+            name: 1.0 if (e := op.spec.parameter("epsilon")) is None else float(e.default)  # type: ignore[arg-type]
+            for name, op in operators.items()
+        }
         self._statics: dict[tuple[str, tuple[Any, ...]], Static] = {}
 
     def work_unit(
@@ -71,16 +79,27 @@ class Checks:
         """
         limits = self.limits
         rows = len(lengths)
-        if rows > limits.max_rows or max(lengths) > limits.max_n:
+        longest = max(lengths)
+        if rows > limits.max_rows or longest > limits.max_n:
             raise invalid(self._size_errors(lengths), 413)
-        ks = [1] * rows if k is None else [k] * rows if type(k) is int else k
+        name = operator.name
+        if type(k) is int:  # one k for every row: the shortest row bounds it
+            ks: Any = [k] * rows
+            ok = k <= limits.max_k and k <= (longest if rows == 1 else min(lengths))
+        elif k is None:
+            ks, ok = [1] * rows, True
+        else:
+            ks = k
+            ok = (
+                type(k) is list
+                and len(k) == rows
+                and max(k) <= limits.max_k
+                and all(map(int.__le__, k, lengths))
+            )
         ok = (
-            type(ks) is list
-            and len(ks) == rows
-            and all(value <= n for value, n in zip(ks, lengths, strict=True))
-            and (k is None or max(ks) <= limits.max_k)
+            ok
             and (type(epsilon) is not list or len(epsilon) == rows)
-            and given.keys() <= self._names[operator.name]
+            and (not given or given.keys() <= self._names[name])
             and output in operator.functions
             and (tangent is None or tangent[1] == lengths)
             and (cotangent is None or cotangent[1] == lengths)
@@ -91,31 +110,31 @@ class Checks:
                     operator, output, lengths, k, epsilon, given, tangent, cotangent
                 )
             )
-        static = self.static(operator, given)
-        if epsilon is None:
-            default = operator.spec.parameter("epsilon")
-            epsilon = 1.0 if default is None else float(default.default)  # type: ignore[arg-type]
+        if tangent is None and cotangent is None:
+            derivative: Derivative = "none"
+            directions: tuple[Matrix | None, Matrix | None] = (None, None)
+        else:
+            derivative = derivative_of(tangent is not None, cotangent is not None)
+            directions = (
+                None if tangent is None else tangent[0],
+                None if cotangent is None else cotangent[0],
+            )
+        rungs = self._n_rungs
         key = BatchKey(
-            operator.name,
+            name,
             output,
-            derivative_of(tangent is not None, cotangent is not None),
-            static,
-            self.ladder.n_rung(max(lengths)),
+            derivative,
+            self.static(operator, given),
+            rungs[bisect_left(rungs, longest)],
         )
-        return WorkUnit(
-            key,
-            x,
-            ks,  # type: ignore[arg-type]
-            epsilon,
-            lengths,
-            None if tangent is None else tangent[0],
-            None if cotangent is None else cotangent[0],
-        )
+        if epsilon is None:
+            epsilon = self._epsilon[name]
+        return WorkUnit(key, x, ks, epsilon, lengths, *directions)
 
     def static(self, operator: BoundOperator, given: Mapping[str, Any]) -> Static:
         """The kernel's compile-time keywords for ``given`` (422 naming a ``p`` not offered)."""
-        values = tuple(given.get(name) for name in operator.spec.compile_time)
-        key = (operator.name, values)
+        name = operator.name
+        key = (name, tuple(map(given.get, self._compile_time[name])) if given else ())
         static = self._statics.get(key)
         if static is None:
             static = operator.static(given)

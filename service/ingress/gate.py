@@ -237,6 +237,10 @@ class Ingress:
             return self.enqueue(endpoint, work, plan, started)
         except ApiError as error:
             return self.refuse(endpoint, error, started)
+        except Exception:  # a server fault: never let it look like a client's (or HTTP's) fault
+            log.exception("reading POST %s failed", endpoint.route)
+            self.count(endpoint.route, endpoint.operator or "unknown", 500, started)
+            return Reply(500, INTERNAL_ERROR, JSON)
 
     def finish(self, pending: Pending) -> Reply:
         """The reply of a request whose future is done (not cancelled), counted."""
@@ -322,6 +326,10 @@ class Ingress:
             pending = self.enqueue(endpoint, work, plan, started)
         except ApiError as error:
             return self.refuse(endpoint, error, started)
+        except Exception:
+            log.exception("reading POST %s failed", endpoint.route)
+            self.count(endpoint.route, endpoint.operator or "unknown", 500, started)
+            return Reply(500, INTERNAL_ERROR, JSON)
         if not await _settled(pending.future, receive):
             self.gone(pending)
             return None

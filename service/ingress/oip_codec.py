@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -28,7 +28,7 @@ from api.oip import MODEL_VERSION, MODELS, model_inputs, model_outputs, model_pa
 from api.registry import DEFAULT_OPERATOR, DEFAULT_OUTPUT, DENSE_OUTPUT
 from service.device.assembly import Answer
 from service.device.operators import BoundOperator
-from service.device.work import WorkUnit
+from service.device.work import Matrix, WorkUnit
 from service.errors import ApiError
 from service.ingress.checks import Checks, parameter_error
 
@@ -36,7 +36,7 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT32": np.dtype("<i4"),
     "INT64": np.dtype("<i8"),
 }  # fmt: skip
-NUMBER_TYPES = (int, float)
+NUMBER_TYPES = frozenset({int, float})
 SCALARS = (bool, int, float, str)
 REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
@@ -91,22 +91,50 @@ def _scalars(value: Any, field: str) -> dict[str, Any]:
     return value
 
 
-def _numbers(data: Any, shape: list[int], field: str) -> np.ndarray:
-    """JSON tensor data, flat or nested exactly as ``shape``, as float64; numbers only."""
+def _numbers(data: Any, shape: list[int], field: str) -> list[Any]:
+    """JSON tensor data, flat or nested exactly as ``shape``, as a flat list of numbers."""
     if type(data) is not list:
         raise invalid(field, "expected a list of numbers")
     flat: list[Any] = data
-    while flat and type(flat[0]) is list:
-        flat = [value for row in flat for value in (row if type(row) is list else [row])]
-    if not all(type(value) in NUMBER_TYPES for value in flat):
+    if flat and type(flat[0]) is list:  # nested: NumPy checks that it nests as the shape says
+        try:
+            values = np.array(data, dtype=np.float64)
+        except (ValueError, OverflowError, TypeError):  # ragged, not numbers, or beyond float64
+            reason = "ragged nesting, a non-number, or a number beyond float64's range"
+            raise invalid(field, reason) from None
+        if list(values.shape) != shape:
+            raise invalid(
+                field, f"data of shape {list(values.shape)} for a tensor of shape {shape}"
+            )
+        flat = [value for row in _rows(data) for value in row]
+    if not set(map(type, flat)) <= NUMBER_TYPES:  # exact types: a boolean is not a number
         raise invalid(field, "tensor data must be numbers (no strings, booleans or nulls)")
-    try:
-        values = np.array(data, dtype=np.float64)
-    except (ValueError, OverflowError):  # ragged nesting, or an integer beyond float64
-        raise invalid(field, "ragged nesting, or a number beyond float64's range") from None
-    if values.size != math.prod(shape) or (values.ndim > 1 and list(values.shape) != shape):
-        raise invalid(field, f"data of shape {list(values.shape)} for a tensor of shape {shape}")
-    return values
+    if len(flat) != math.prod(shape):
+        raise invalid(field, f"{len(flat)} numbers for a tensor of shape {shape}")
+    if flat:
+        try:
+            float(min(flat)), float(max(flat))
+        except OverflowError:  # an integer beyond float64 (Python's parser keeps it whole)
+            raise invalid(field, "a number beyond float64's range") from None
+    return flat
+
+
+def _rows(data: list[Any]) -> list[list[Any]]:
+    """The innermost lists of nested data, in order."""
+    while data and type(data[0][0]) is list:
+        data = [row for block in data for row in block]
+    return data
+
+
+def _finite(flat: list[Any], shape: tuple[int, ...], field: str) -> None:
+    """422 naming the first entry of ``flat`` that is not finite in float32, if any."""
+    if flat and min(flat) > -FLOAT32_OVERFLOW and max(flat) < FLOAT32_OVERFLOW and not math.isnan(sum(flat)):  # fmt: skip
+        return
+    for index, value in enumerate(flat):
+        if not -FLOAT32_OVERFLOW < value < FLOAT32_OVERFLOW:
+            position = np.unravel_index(index, shape)
+            where = field + "".join(f"[{int(i)}]" for i in position)
+            raise invalid(where, f"{float(value)!r} is not a finite float32")
 
 
 def _finite_float32(values: np.ndarray, field: str) -> np.ndarray:
@@ -118,6 +146,24 @@ def _finite_float32(values: np.ndarray, field: str) -> np.ndarray:
         raise invalid(where, f"{float(values[position])!r} is not a finite float32")
     with np.errstate(over="ignore"):  # |v| just above float32's largest rounds down to it
         return values.astype(np.float32)
+
+
+class Tensor(NamedTuple):
+    """An input tensor: its shape and its values, a flat list (JSON) or an array (binary)."""
+
+    shape: tuple[int, ...]
+    values: list[Any] | np.ndarray
+
+
+def _matrix(tensor: Tensor, field: str) -> Matrix:
+    """A float input of shape ``[rows, n]`` as rows of numbers finite in float32 (lists from
+    JSON, as ``/v1`` has them; a float32 array from binary data)."""
+    values = tensor.values
+    if isinstance(values, np.ndarray):
+        return _finite_float32(values, field)
+    _finite(values, tensor.shape, field)
+    rows, n = tensor.shape
+    return [values[i * n : (i + 1) * n] for i in range(rows)]
 
 
 class OipCodec:
@@ -171,10 +217,10 @@ class OipCodec:
         plan = OipReply(request_id, self._chosen(request, tensors, parameters), operator, output)
         return work, plan
 
-    def _tensors(self, inputs: Any, binary: bytes) -> dict[str, np.ndarray]:
+    def _tensors(self, inputs: Any, binary: bytes) -> dict[str, Tensor]:
         if type(inputs) is not list or not inputs:
             raise invalid("inputs", "expected a list of at least one input tensor")
-        tensors: dict[str, np.ndarray] = {}
+        tensors: dict[str, Tensor] = {}
         offset = 0
         for index, tensor in enumerate(inputs):
             field = f"inputs[{index}]"
@@ -197,7 +243,7 @@ class OipCodec:
 
     def _tensor(
         self, tensor: dict[str, Any], field: str, binary: bytes, offset: int
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[Tensor, int]:
         """One input as an array of its shape, and the binary offset after it."""
         name = tensor["name"]
         datatypes, rank = self.inputs[name]
@@ -217,6 +263,7 @@ class OipCodec:
             raise invalid(f"{field}.parameters", f"unknown parameter(s) {sorted(unknown)}")
         binary_size = parameters.get("binary_data_size")
         data = tensor.get("data")
+        values: list[Any] | np.ndarray
         if binary_size is not None:
             if data is not None:
                 raise invalid(f"{field}.data", "give data or binary_data_size, not both")
@@ -225,26 +272,27 @@ class OipCodec:
                 raise invalid(f"{field}.parameters.binary_data_size", f"must be {expected} bytes")
             if offset + binary_size > len(binary):
                 raise invalid(f"{field}.parameters.binary_data_size", "beyond the end of the body")
-            values = np.frombuffer(binary, dtype=dtype, count=size, offset=offset)
+            values = np.frombuffer(binary, dtype=dtype, count=size, offset=offset).reshape(shape)
             offset += binary_size
         elif data is not None:
             values = _numbers(data, shape, f"{field}.data")
             if dtype.kind == "i":
+                array = np.array(values, dtype=np.float64)
                 limits = np.iinfo(dtype)
                 if (
-                    not np.array_equal(values, np.round(values))
-                    or not ((values >= limits.min) & (values <= limits.max)).all()
+                    not np.array_equal(array, np.round(array))
+                    or not ((array >= limits.min) & (array <= limits.max)).all()
                 ):
                     raise invalid(f"{field}.data", f"{datatype} takes integers in its range")
+                values = array.astype(np.int64).reshape(shape)
         else:
             raise invalid(field, "no data and no binary_data_size")
-        return values.reshape(shape), offset
+        return Tensor(tuple(shape), values), offset
 
     def _work_unit(
-        self, tensors: dict[str, np.ndarray], parameters: dict[str, Any]
+        self, tensors: dict[str, Tensor], parameters: dict[str, Any]
     ) -> tuple[WorkUnit, str, str]:
-        x = tensors["x"]
-        rows, n = x.shape
+        rows, n = tensors["x"].shape
         limits = self.checks.limits
         if rows > limits.max_rows or n > limits.max_n:
             reason = f"shape [{rows}, {n}]; at most [{limits.max_rows}, {limits.max_n}]"
@@ -282,16 +330,17 @@ class OipCodec:
         given.pop("k", None)
         if epsilon is not None:
             given["epsilon"] = epsilon
+        lengths = [n] * rows
         directions = {
-            name: (_finite_float32(tensors[name], name), [n] * rows)
+            name: (_matrix(tensors[name], name), lengths)
             for name in ("tangent", "cotangent")
             if name in tensors
         }
         work = self.checks.work_unit(
             operator,
             output,
-            _finite_float32(x, "x"),
-            [n] * rows,
+            _matrix(tensors["x"], "x"),
+            lengths,
             k,
             epsilon,
             given,
@@ -316,19 +365,24 @@ class OipCodec:
             raise invalid("output", f"expected a string, got {output!r}")
         return operator, output
 
-    def _per_row_input(self, name: str, values: np.ndarray) -> list[Any]:
+    def _per_row_input(self, name: str, tensor: Tensor) -> list[Any]:
+        values = tensor.values
         if name == "k":
-            ks = values.astype(np.int64).tolist()
+            ks = np.asarray(values).astype(np.int64).tolist()
             if min(ks) < 1:
                 raise invalid("k", "every k must be at least 1")
             return ks
-        epsilon = _finite_float32(values, name)
-        if not (epsilon > 0).all():
+        if isinstance(values, np.ndarray):
+            epsilon = _finite_float32(values, name).tolist()
+        else:
+            _finite(values, tensor.shape, name)
+            epsilon = [float(np.float32(value)) for value in values]
+        if min(epsilon) <= 0:
             raise invalid(name, "every epsilon must be > 0")
-        return epsilon.tolist()
+        return epsilon
 
     def _chosen(
-        self, request: dict[str, Any], tensors: dict[str, np.ndarray], parameters: dict[str, Any]
+        self, request: dict[str, Any], tensors: dict[str, Tensor], parameters: dict[str, Any]
     ) -> list[tuple[str, bool]]:
         """The outputs to send, each as JSON data or binary data."""
         all_binary = parameters.get("binary_data_output", False)

@@ -36,7 +36,6 @@ from api.models import FLOAT32_OVERFLOW
 from api.registry import (
     DEFAULT_OPERATOR,
     DENSE_OUTPUT,
-    MATRIX_FIELDS,
     Operator,
     Parameter,
     TopKOutput,
@@ -177,6 +176,26 @@ def _epsilon_errors(value: Any) -> list[FieldError]:
     ]
 
 
+def _matrix(
+    name: str, value: Any, small: bool, exact: bool, errors: list[FieldError]
+) -> Laid | None:
+    """Rows of numbers and their lengths (a zero-padded float32 matrix for a big body), or None
+    with the reasons appended to ``errors``."""
+    if not exact:
+        laid = _rows_of(value) if small else _matrix_of(value)
+        if laid is not None:
+            return laid
+    if value is None:
+        errors.append(FieldError(field=name, reason="required: a list of rows of numbers"))
+        return None
+    found = _matrix_errors(name, value)
+    if found:
+        errors += found
+        return None
+    lengths = [len(row) for row in value]
+    return (value if small else _padded(value, lengths)), lengths
+
+
 class V1Reader:
     """Reads the bodies of the ``/v1`` route that serves ``operators`` (all of one route)."""
 
@@ -194,8 +213,8 @@ class V1Reader:
                 specs.setdefault(parameter.name, parameter)
         specs.pop("k", None)
         self.takes_epsilon = specs.pop("epsilon", None) is not None
-        self.parameters = tuple(specs.values())  # checked by type; applicability in Checks
-        self.flags = tuple(p.name for p in self.parameters if p.type == "bool")
+        self.parameters = specs  # checked by type here; which operator takes them, in Checks
+        self.flags = tuple(p.name for p in specs.values() if p.type == "bool")
 
     def read(self, body: bytes) -> WorkUnit:
         """The work unit of ``body``, or ``ApiError`` (422, 413) naming the fields at fault."""
@@ -232,69 +251,48 @@ class V1Reader:
             ]
         small = len(body) <= NUMPY_BODY_BYTES
         # Booleans (and, in a big body, strings) anywhere but at the top level need an exact check.
-        flags = sum(type(request.get(name)) is bool for name in self.flags)
+        flags = sum(type(request.get(name)) is bool for name in self.flags) if self.flags else 0
         exact = exact or body.count(b"true") + body.count(b"false") != flags
         if not small and not exact:
             strings = sum(type(value) is str for value in request.values())
             exact = body.count(b'"') != 2 * (len(request) + strings)
 
-        matrices: dict[str, Laid] = {}
-        for name in MATRIX_FIELDS:
-            value = request.get(name)
-            if value is None and name != "x":
-                continue
-            laid = None
-            if not exact:
-                laid = _rows_of(value) if small else _matrix_of(value)
-            if laid is None:
-                if value is None:
-                    errors.append(
-                        FieldError(field="x", reason="required: a list of rows of numbers")
-                    )
-                    continue
-                found = _matrix_errors(name, value)
-                if found:
-                    errors += found
-                    continue
-                lengths = [len(row) for row in value]
-                laid = (value if small else _padded(value, lengths)), lengths
-            matrices[name] = laid
-
+        x = _matrix("x", request.get("x"), small, exact, errors)
+        directions = [
+            _matrix(name, request[name], small, exact, errors)
+            if request.get(name) is not None
+            else None
+            for name in ("tangent", "cotangent")
+        ]
         operator = self.single
         output = DENSE_OUTPUT
         k: int | list[int] | None = None
         if self.topk:
             operator, output, k = self._topk_fields(request, errors)
         epsilon = request.get("epsilon") if self.takes_epsilon else None
-        if epsilon is not None and not (
-            _positive_float32(epsilon)
-            or (type(epsilon) is list and all(map(_positive_float32, epsilon)))
-        ):
-            errors += _epsilon_errors(epsilon)
-        given = {"epsilon": epsilon} if epsilon is not None else {}
-        for parameter in self.parameters:
-            value = request.get(parameter.name)
-            if value is None and (parameter.nullable or parameter.name not in request):
+        given: dict[str, Any] = {}
+        if epsilon is not None:
+            if not (
+                _positive_float32(epsilon)
+                or (type(epsilon) is list and all(map(_positive_float32, epsilon)))
+            ):
+                errors += _epsilon_errors(epsilon)
+            given["epsilon"] = epsilon
+        specs = self.parameters
+        for name, value in request.items():
+            parameter = specs.get(name)
+            if parameter is None or (value is None and parameter.nullable):
                 continue
             reason = parameter_error(parameter, value)
             if reason is not None:
-                errors.append(FieldError(field=parameter.name, reason=reason))
+                errors.append(FieldError(field=name, reason=reason))
             else:
-                given[parameter.name] = value
+                given[name] = value
         if errors:
             raise invalid(errors)
-        assert operator is not None  # an unknown operator was reported above
-        x, lengths = matrices["x"]
+        assert operator is not None and x is not None  # else an error was reported above
         return self.checks.work_unit(
-            operator,
-            output,
-            x,
-            lengths,
-            k,
-            epsilon,
-            given,
-            matrices.get("tangent"),
-            matrices.get("cotangent"),
+            operator, output, x[0], x[1], k, epsilon, given, directions[0], directions[1]
         )
 
     def _topk_fields(
