@@ -65,3 +65,15 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_cache_volume() 
     cache_dir = re.search(r"TOPK_COMPILATION_CACHE_DIR=(\S+)", dockerfile)
     assert cache_dir is not None
     assert f'VOLUME ["{cache_dir.group(1)}"]' in dockerfile
+
+
+def test_grafana_admin_password_is_required_from_the_environment() -> None:
+    """No default password ships: compose stops with an error unless GRAFANA_ADMIN_PASSWORD is set."""
+    environment = load_yaml("docker-compose.yml")["services"]["grafana"]["environment"]
+    password = environment["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
+    for name, value in environment.items():
+        if "PASSWORD" in name or "SECRET" in name:
+            assert str(value).startswith("${"), f"{name} is a literal in docker-compose.yml"
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert ".env" in ignored, "an .env holding the password must not be committed"
