@@ -58,7 +58,9 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard_folder() ->
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_cache_volume() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", dockerfile, flags=re.M)) >= 2
-    assert re.search(r"^USER topk$", dockerfile, flags=re.M)
+    uid = re.search(r"useradd .*--uid (\d+) .*topk", dockerfile)
+    assert uid is not None, "the image's user needs a fixed uid"
+    assert re.search(rf"^USER {uid.group(1)}:\d+$", dockerfile, flags=re.M), "USER must be numeric"
     assert re.search(r"^HEALTHCHECK .*", dockerfile, flags=re.M)
     assert "/healthz" in dockerfile
     assert "ARG JAX_EXTRA" in dockerfile
