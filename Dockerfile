@@ -22,7 +22,10 @@ RUN python -m venv /opt/venv \
 # ---- runtime: the venv only, a non-root user, no build tools ----
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ARG JAX_EXTRA=""
-RUN groupadd --system topk && useradd --system --gid topk --create-home --home-dir /home/topk topk \
+# A fixed uid/gid (10001), named numerically in USER: Kubernetes' runAsNonRoot can only verify a
+# numeric user, and the manifests in deploy/ set the same ids (fsGroup makes volumes writable).
+RUN groupadd --gid 10001 topk \
+ && useradd --uid 10001 --gid topk --create-home --home-dir /home/topk --shell /usr/sbin/nologin topk \
  && mkdir -p /var/cache/topk-service/jax && chown -R topk:topk /var/cache/topk-service
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
@@ -37,7 +40,7 @@ ENV JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 # Compiled executables survive restarts here, so a new container warms up from the cache.
 # The cache is trusted code: mount a volume private to this service, never a shared one.
 VOLUME ["/var/cache/topk-service/jax"]
-USER topk
+USER 10001:10001
 WORKDIR /home/topk
 EXPOSE 8000
 # Liveness only (/healthz never touches the device); orchestrators route on /readyz instead.

@@ -58,10 +58,24 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard_folder() ->
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_cache_volume() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", dockerfile, flags=re.M)) >= 2
-    assert re.search(r"^USER topk$", dockerfile, flags=re.M)
+    uid = re.search(r"useradd .*--uid (\d+) .*topk", dockerfile)
+    assert uid is not None, "the image's user needs a fixed uid"
+    assert re.search(rf"^USER {uid.group(1)}:\d+$", dockerfile, flags=re.M), "USER must be numeric"
     assert re.search(r"^HEALTHCHECK .*", dockerfile, flags=re.M)
     assert "/healthz" in dockerfile
     assert "ARG JAX_EXTRA" in dockerfile
     cache_dir = re.search(r"TOPK_COMPILATION_CACHE_DIR=(\S+)", dockerfile)
     assert cache_dir is not None
     assert f'VOLUME ["{cache_dir.group(1)}"]' in dockerfile
+
+
+def test_grafana_admin_password_is_required_from_the_environment() -> None:
+    """No default password ships: compose stops with an error unless GRAFANA_ADMIN_PASSWORD is set."""
+    environment = load_yaml("docker-compose.yml")["services"]["grafana"]["environment"]
+    password = environment["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
+    for name, value in environment.items():
+        if "PASSWORD" in name or "SECRET" in name:
+            assert str(value).startswith("${"), f"{name} is a literal in docker-compose.yml"
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert ".env" in ignored, "an .env holding the password must not be committed"
