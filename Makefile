@@ -7,7 +7,9 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 LOAD_ARGS ?= --scenario mixed --duration 60
 
-.PHONY: install run test test-slow lint format bench bench-service load clean
+FUZZ_EXAMPLES ?= 400
+
+.PHONY: install run test test-slow lint format bench bench-service load fuzz openapi clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +36,15 @@ test: lint
 
 test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# The schemathesis contract run of `make test`, with many more cases (>= 5,000; a few minutes).
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_MINIMUM_CASES=5000 JAX_PLATFORMS=cpu \
+		$(PY) -m pytest tests/e2e/test_schemathesis.py $(PYTEST_ARGS)
+
+# Rewrites openapi.json: the OpenAPI document of a server with the default settings.
+openapi: install
+	env -i PATH="$$PATH" HOME="$$HOME" $(PY) -m service --print-openapi > openapi.json
 
 bench: install
 	$(PY) bench/core.py

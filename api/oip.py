@@ -26,7 +26,7 @@ Outputs (all by default; ask for some with ``outputs``, each with ``binary_data`
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -78,14 +78,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
 
+InputName = Literal["x", "k", "epsilon", "tangent", "cotangent"]  # each model takes some
+Datatype = Literal["FP32", "FP64", "INT32", "INT64"]  # the OIP datatypes these models read
+Number = StrictInt | StrictFloat
+
+
 class RequestInput(_Strict):
     """One input tensor: ``data`` row-major (flat or nested), or ``binary_data_size`` bytes."""
 
-    name: StrictStr
-    shape: list[Annotated[StrictInt, Field(ge=0)]]
-    datatype: StrictStr
+    name: InputName
+    shape: list[Annotated[StrictInt, Field(ge=0)]] = Field(max_length=2)
+    datatype: Datatype
     parameters: dict[str, Parameter] = {}
-    data: list[Any] | None = None
+    data: list[Number] | list[list[Number]] | None = None
 
 
 class RequestOutput(_Strict):

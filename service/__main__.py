@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -53,6 +54,11 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--graceful-timeout", type=float, default=20.0, help="seconds to drain")
+    parser.add_argument(
+        "--print-openapi",
+        action="store_true",
+        help="print the OpenAPI document of these settings and exit (make openapi)",
+    )
     return parser.parse_args(argv)
 
 
@@ -68,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if value is not None
     }
     settings = Settings.from_env(**overrides)
+    if arguments.print_openapi:
+        document = create_app(settings).openapi()
+        sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        return
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

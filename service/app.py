@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,7 @@ from service.errors import install_error_handlers
 from service.ingress.asgi import TopKApp
 from service.ingress.gate import Ingress
 from service.ingress.routes import oip, probes, v1
+from service.ingress.routes.openapi import openapi_document
 from service.runtime import ServiceRuntime
 from service.settings import Settings
 
@@ -52,4 +54,5 @@ def create_app(settings: Settings | None = None) -> TopKApp:
     app.include_router(v1.router)
     app.include_router(probes.router)
     app.include_router(oip.router)
+    app.openapi = functools.partial(openapi_document, app, runtime.settings)  # type: ignore[method-assign]
     return app

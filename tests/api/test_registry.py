@@ -10,7 +10,7 @@ import pytest
 
 import core
 from api.models import IsotonicRequest, SoftSortRequest, TopKRequest
-from api.oip import MODELS, model_inputs, model_outputs, model_parameters
+from api.oip import MODELS, RequestInput, model_inputs, model_outputs, model_parameters
 from api.registry import BY_NAME, OPERATORS, TOPK_OPERATORS, route_fields
 
 REQUEST_MODELS: dict[str, type[Any]] = {
@@ -74,4 +74,8 @@ def test_every_operator_is_an_oip_model_and_its_inputs_are_the_registrys() -> No
         assert per_row <= set(model_inputs(model))
         assert {p.name for p in operator.parameters} <= set(model_parameters(model))
     assert "indices" in model_outputs("topk") and "indices" not in model_outputs("sort")
+    names = {name for model in MODELS for name in model_inputs(model)}
+    assert literals(RequestInput.model_fields["name"].annotation) == names
+    datatypes = {d for model in MODELS for types, _ in model_inputs(model).values() for d in types}
+    assert literals(RequestInput.model_fields["datatype"].annotation) == datatypes
     assert BY_NAME["sparse"].parameter("p") is not None

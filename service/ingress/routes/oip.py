@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from api.errors import ErrorBody
 from api.oip import (
     BINARY_EXTENSION,
     MODEL_VERSION,
@@ -20,6 +21,7 @@ from api.oip import (
 )
 from service.ingress.asgi import respond
 from service.ingress.gate import Ingress
+from service.ingress.routes.openapi import request_schema
 from service.ingress.routes.v1 import ERROR_RESPONSES, TIMEOUT_PARAMETER
 from service.runtime import ServiceRuntime
 
@@ -42,7 +44,7 @@ async def server_metadata(request: Request) -> dict[str, Any]:
     "/v2/models/{model}",
     summary="OIP model metadata",
     response_model=ModelMetadata,
-    responses={404: {"description": "No such model."}},
+    responses={404: {"model": ErrorBody, "description": "No such model."}},
 )
 @router.get(f"/v2/models/{{model}}/versions/{MODEL_VERSION}", include_in_schema=False)
 async def model_metadata(request: Request, model: str) -> Any:
@@ -57,7 +59,10 @@ async def model_metadata(request: Request, model: str) -> Any:
     "/v2/models/{model}/ready",
     summary="OIP model readiness",
     response_model=ModelReady,
-    responses={404: {"description": "No such model."}, 503: {"description": "Not ready."}},
+    responses={
+        404: {"model": ErrorBody, "description": "No such model."},
+        503: {"model": ModelReady, "description": "Not ready (warming or draining)."},
+    },
 )
 @router.get(f"/v2/models/{{model}}/versions/{MODEL_VERSION}/ready", include_in_schema=False)
 async def model_ready(request: Request, model: str) -> JSONResponse:
@@ -78,12 +83,20 @@ async def model_ready(request: Request, model: str) -> JSONResponse:
         "parameters": [TIMEOUT_PARAMETER],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": InferRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": request_schema(InferRequest)}},
         },
     },
     responses={
-        200: {"model": InferResponse},
-        404: {"description": "No such model."},
+        200: {
+            "model": InferResponse,
+            "description": "The output tensors: JSON, or with binary data (binary_data_output, or"
+            " an output's binary_data) the JSON header followed by the raw tensors, its length in"
+            " the Inference-Header-Content-Length header.",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        404: {"model": ErrorBody, "description": "No such model."},
         **ERROR_RESPONSES,
     },
     response_class=Response,

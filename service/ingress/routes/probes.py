@@ -23,7 +23,11 @@ async def healthz() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/readyz", summary="Readiness: warm and not draining")
+@router.get(
+    "/readyz",
+    summary="Readiness: warm and not draining",
+    responses={503: {"description": "Warming up, draining or failed (the same body)."}},
+)
 @router.get("/v2/health/ready", include_in_schema=False)
 async def readyz(request: Request) -> JSONResponse:
     """200 once every warm-up kernel is compiled; 503 while warming, draining or failed."""

@@ -26,6 +26,7 @@ from api.models import (
 from api.registry import OPERATORS
 from service.ingress.asgi import respond
 from service.ingress.headers import TIMEOUT_HEADER
+from service.ingress.routes.openapi import request_schema
 from service.runtime import ServiceRuntime
 
 router = APIRouter(tags=["topk"])
@@ -77,7 +78,7 @@ def _document(route: str, description: str) -> None:
             "parameters": [TIMEOUT_PARAMETER],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": model.model_json_schema()}},
+                "content": {"application/json": {"schema": request_schema(model)}},
             },
         },
         responses={200: {"model": answer}, **ERROR_RESPONSES},

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.service.serving import ServerThread, serving
+from service.device.pipeline import Pipeline
+from tests.service.serving import ServerThread, metric, serving
 
 
 def reasons(response: httpx.Response) -> dict[str, str]:
@@ -162,3 +165,44 @@ def test_a_full_queue_answers_503_with_retry_after() -> None:
         assert "queued" in reasons(second)["request"]
         metrics = httpx.get(server.url + "/metrics").text
         assert 'topk_rejections_total{reason="queue_full"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("route", ["/v1/topk", "/v2/models/topk/infer"])
+def test_a_compressed_body_gets_415_naming_the_encoding(http: httpx.Client, route: str) -> None:
+    """A gzipped body is refused rather than misread, and so is a plain body declared gzipped."""
+    if route == "/v1/topk":
+        body = json.dumps({"x": [[1.0, 2.0]], "k": 1}).encode()
+    else:
+        tensor = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}
+        body = json.dumps({"parameters": {"k": 1}, "inputs": [tensor]}).encode()
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    for content in (gzip.compress(body), body):
+        response = http.post(route, content=content, headers=headers)
+        assert response.status_code == 415, response.text
+        assert "gzip" in reasons(response)["content-encoding"]
+    plain = http.post(route, content=body, headers={"content-type": "application/json"})
+    assert plain.status_code == 200, plain.text
+
+
+@pytest.mark.parametrize("route", ["/v1/topk", "/v2/models/topk/infer"])
+def test_a_server_fault_is_a_500_counted_with_its_operator(
+    server: ServerThread, http: httpx.Client, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault after the request was read (here: the batch's host work) is never the client's:
+    500, and counted under the operator that was asked for, not "unknown"."""
+
+    async def failing(self: Pipeline, key: object, items: list[object]) -> list[BaseException]:
+        return [ArithmeticError("the kernel returned a non-finite value") for _ in items]
+
+    monkeypatch.setattr(Pipeline, "__call__", failing)
+    sample = f'topk_requests_total{{operator="hard",route="{route}",status="500"}}'
+    before = metric(server, sample)
+    if route == "/v1/topk":
+        response = http.post(route, json={"x": [[1.0, 2.0]], "k": 1, "operator": "hard"})
+    else:
+        tensor = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}
+        request = {"parameters": {"k": 1, "operator": "hard"}, "inputs": [tensor]}
+        response = http.post(route, json=request)
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal server error", "errors": []}
+    assert metric(server, sample) == before + 1
