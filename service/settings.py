@@ -8,6 +8,7 @@ bad configuration fails fast instead of at the first request.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -187,17 +188,32 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``TOPK_*`` variables of ``environ`` (default ``os.environ``), then overrides."""
         environ = os.environ if environ is None else environ
+        ours = {
+            key: value
+            for key, value in environ.items()
+            if key.startswith(ENV_PREFIX) and not _service_link(key, value)
+        }
         values: dict[str, Any] = {}
         for name in cls.model_fields:
-            raw = environ.get(ENV_PREFIX + name.upper())
+            raw = ours.get(ENV_PREFIX + name.upper())
             if raw is not None:
                 values[name] = raw
         unknown = sorted(
-            key
-            for key in environ
-            if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() not in cls.model_fields
+            key for key in ours if key[len(ENV_PREFIX) :].lower() not in cls.model_fields
         )
         if unknown:
             raise ValueError(f"unknown settings in the environment: {', '.join(unknown)}")
         values.update(overrides)
         return cls.model_validate(values)
+
+
+# Kubernetes (and Docker links) give every pod variables for each Service of its namespace:
+# a Service named "topk" or "topk-grpc" yields TOPK_SERVICE_HOST, TOPK_PORT=tcp://10.0.0.7:8000,
+# TOPK_GRPC_PORT_8001_TCP_ADDR and so on. They are not settings: ignored, never an error.
+_LINK_NAME = re.compile(r"^TOPK(_[A-Z0-9_]+)?_(SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$")  # fmt: skip
+_LINK_VALUE = re.compile(r"^(tcp|udp|sctp)://")
+
+
+def _service_link(key: str, value: str) -> bool:
+    """Whether ``key=value`` is a variable Kubernetes or Docker injects for a Service (link)."""
+    return bool(_LINK_NAME.match(key) or (key.endswith("_PORT") and _LINK_VALUE.match(value)))

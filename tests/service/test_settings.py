@@ -60,3 +60,24 @@ def test_an_unknown_variable_is_refused() -> None:
 def test_inconsistent_settings_fail_fast(environ: dict[str, str]) -> None:
     with pytest.raises(ValidationError):
         Settings.from_env(environ)
+
+
+def test_kubernetes_service_link_variables_are_not_settings() -> None:
+    """A Service named "topk" (or "topk-grpc") in the pod's namespace must not stop the server."""
+    environ = {
+        "TOPK_SERVICE_HOST": "10.0.0.7",
+        "TOPK_SERVICE_PORT": "8000",
+        "TOPK_SERVICE_PORT_HTTP": "8000",
+        "TOPK_PORT": "tcp://10.0.0.7:8000",
+        "TOPK_PORT_8000_TCP": "tcp://10.0.0.7:8000",
+        "TOPK_PORT_8000_TCP_PROTO": "tcp",
+        "TOPK_PORT_8000_TCP_PORT": "8000",
+        "TOPK_PORT_8000_TCP_ADDR": "10.0.0.7",
+        "TOPK_GRPC_SERVICE_HOST": "10.0.0.8",
+        "TOPK_GRPC_PORT_8001_TCP_ADDR": "10.0.0.8",
+        "TOPK_MAX_ROWS": "128",
+    }
+    settings = Settings.from_env(environ)
+    assert settings.port == 8000 and settings.max_rows == 128
+    with pytest.raises(ValueError, match="TOPK_MAX_ROW"):
+        Settings.from_env({"TOPK_MAX_ROW": "128"})  # a misspelt setting still fails fast
