@@ -118,6 +118,8 @@ class MessageEndpoint(Protocol):
     route: str  # the metrics' route label
     operator: str | None
 
+    def nbytes(self, message: Any) -> int: ...  # the size of the message's tensor data
+
     def decode(self, message: Any) -> tuple[WorkUnit, Any]: ...
 
     def encode(self, work: WorkUnit, plan: Any, answer: Answer) -> Any: ...
@@ -390,8 +392,13 @@ class Ingress:
         would have had over HTTP (499 when the client cancelled it while it was queued)."""
         started = time.perf_counter()
         route = endpoint.route
+        loop = asyncio.get_running_loop()
+        big = endpoint.nbytes(message) > INLINE_BYTES  # off the loop, as HTTP's large bodies
         try:
-            work, plan = endpoint.decode(message)
+            if big:
+                work, plan = await loop.run_in_executor(None, endpoint.decode, message)
+            else:
+                work, plan = endpoint.decode(message)
             pending = self.enqueue(endpoint, work, (plan, self.queue_timeout(remaining)), started)
         except ApiError as error:
             self.count(route, endpoint.operator or "unknown", error.status, started)
@@ -415,7 +422,12 @@ class Ingress:
             self.count(route, operator, mapped.status, started)
             raise summarised(mapped) from None
         try:
-            response = endpoint.encode(work, pending.plan, answer)
+            if big:
+                response = await loop.run_in_executor(
+                    None, endpoint.encode, work, pending.plan, answer
+                )
+            else:
+                response = endpoint.encode(work, pending.plan, answer)
         except Exception:
             log.exception("encoding the answer of %s failed", route)
             self.count(route, operator, 500, started)

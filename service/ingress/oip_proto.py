@@ -57,6 +57,11 @@ class ModelInferEndpoint:
         self.model = model
         self.operator = None if model.topk else model.model  # else the request names it
 
+    def nbytes(self, request: Any) -> int:
+        """The tensor data's size: raw contents, or typed contents as encoded."""
+        raw = sum(map(len, request.raw_input_contents))
+        return raw or sum(tensor.contents.ByteSize() for tensor in request.inputs)
+
     def decode(self, request: Any) -> tuple[WorkUnit, OipReply]:
         """The work unit and the reply plan of a ``ModelInferRequest``; ``ApiError`` naming the
         field (``inputs[0].datatype``, ``raw_input_contents[1]``, ``k``, ...)."""

@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from service import Settings
 from service.app import _start_grpc
+from service.ingress import gate
 from service.ingress.grpc_gate import PUSHBACK, message_size_limit
 from tests.service.ingress.test_oip import v1_as_tensors
 from tests.service.serving import ServerThread, metric, serving
@@ -94,9 +95,17 @@ def test_an_unknown_model_or_version_is_not_found(client: triton.InferenceServer
     assert "model_version" in refused.value.message()
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["on-the-loop", "off-the-loop"])
 def test_sparse_top_k_with_derivatives_equals_v1_bit_for_bit(
-    client: triton.InferenceServerClient, http: httpx.Client
+    client: triton.InferenceServerClient,
+    http: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+    inline: bool,
 ) -> None:
+    """Small messages are read and answered on the event loop, large ones on a worker thread
+    (as HTTP bodies over 64 KiB): the answer is the same."""
+    if not inline:
+        monkeypatch.setattr(gate, "INLINE_BYTES", 0)
     rng = np.random.default_rng(1)
     x, tangent, cotangent = (rng.normal(size=(3, 12)).astype(np.float32) for _ in range(3))
     k = np.array([1, 4, 2], np.int32)
