@@ -318,7 +318,9 @@ def grpc_request(x: np.ndarray, k: int) -> bytes:
     return request.SerializeToString()
 
 
-async def grpc_closed_loop(port: int, request: bytes, clients: int, duration: float) -> Measurement:
+async def grpc_closed_loop(
+    port: int, request: bytes, clients: int, duration: float, connections: int | None = None
+) -> Measurement:
     """``clients`` concurrent callers, each calling again when answered, over one HTTP/2
     connection per 16 callers; bytes in, bytes out (no protobuf work on this side)."""
     import grpc
@@ -330,7 +332,7 @@ async def grpc_closed_loop(port: int, request: bytes, clients: int, duration: fl
     ]
     channels = [
         grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
-        for _ in range(max(1, clients // 16))
+        for _ in range(connections or max(1, clients // 16))
     ]
     calls = [channel.unary_unary(GRPC_METHOD) for channel in channels]
     latencies: list[float] = []
