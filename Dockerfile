@@ -16,7 +16,7 @@ COPY core ./core
 COPY service ./service
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install . \
+ && /opt/venv/bin/pip install ".[grpc]" \
  && if [ -n "$JAX_EXTRA" ]; then /opt/venv/bin/pip install "jax[${JAX_EXTRA}]"; fi
 
 # ---- runtime: the venv only, a non-root user, no build tools ----
@@ -42,7 +42,7 @@ ENV JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 VOLUME ["/var/cache/topk-service/jax"]
 USER 10001:10001
 WORKDIR /home/topk
-EXPOSE 8000
+EXPOSE 8000 8001
 # Liveness only (/healthz never touches the device); orchestrators route on /readyz instead.
 # start-period covers the warm-up compile of the bucket ladder on a cold cache.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=300s --retries=3 \

@@ -161,8 +161,8 @@ class ParameterInfo(BaseModel):
 
     name: str
     type: str
-    default: float | int | str | None = None
-    allowed: list[float | int | str] | None = None
+    default: bool | float | int | str | None = None
+    allowed: list[bool | float | int | str] | None = None
     description: str = ""
 
 

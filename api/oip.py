@@ -145,3 +145,12 @@ class ServerMetadata(BaseModel):
 class ModelReady(BaseModel):
     name: str
     ready: bool
+
+
+class RepositoryModel(BaseModel):
+    """One entry of ``POST /v2/repository/index``."""
+
+    name: str
+    version: str
+    state: str  # READY, or UNAVAILABLE while warming, draining or failed
+    reason: str

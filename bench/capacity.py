@@ -96,6 +96,7 @@ def start(cache: Path) -> Any:
         "PYTHONPATH": str(ROOT),
         "TOPK_COMPILATION_CACHE_DIR": str(cache),
         "TOPK_LOG_LEVEL": "warning",
+        "TOPK_GRPC_PORT": "",  # HTTP only: no gRPC port to collide with another server's
     }
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     process = load.subprocess.Popen(command, cwd=ROOT, env=environment)

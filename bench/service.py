@@ -4,10 +4,12 @@ One run starts four servers in their own processes on free 127.0.0.1 ports (the 
 batching on, with batching off, a bare uvicorn app that echoes the request body, and the same echo
 with every request parked on a future released in batches), drives each
 with a small keep-alive HTTP/1.1 load generator (asyncio streams, no client library overhead) at
-1, 16 and 64 concurrent clients for three payloads (a small and a batched ``/v1/topk`` JSON body,
-and the batched one again as an OIP inference request with binary tensor data, which the echoes
-get as the same bytes), then runs an open-loop paced load at 80 % of the measured saturation to
-check the tail. Results go to the ``## Service`` section of
+1, 16 and 64 concurrent clients for a small (1x64) and a batched (256x1024) payload as a
+``/v1/topk`` JSON body, as an OIP inference request with JSON data and with binary tensor data
+(the echoes get the same bytes), and as an OIP ``ModelInfer`` over gRPC with raw contents
+(services only: ``grpc.aio`` clients sending pre-serialised messages, so that the client side
+costs as little as the HTTP generator's), then runs an open-loop paced load at 80 % of the
+measured saturation to check the tail. Results go to the ``## Service`` section of
 bench/RESULTS.md (other sections are left untouched).
 
     python bench/service.py                 # full run (~5 minutes on 2 cores)
@@ -132,6 +134,7 @@ class Target:
     process: subprocess.Popen[bytes]
     port: int
     path: str
+    grpc_port: int | None = None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -143,8 +146,11 @@ class Target:
                 self.process.wait()
 
 
-def start_service(name: str, batching: bool, cache: Path, root: Path = ROOT) -> Target:
+def start_service(
+    name: str, batching: bool, cache: Path, root: Path = ROOT, grpc: bool = True
+) -> Target:
     port = free_port()
+    grpc_port = free_port() if grpc else None
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
         "PYTHONPATH": str(root),
@@ -154,10 +160,12 @@ def start_service(name: str, batching: bool, cache: Path, root: Path = ROOT) -> 
         "TOPK_WARMUP_N_BUCKETS": "64,1024",
         "TOPK_COMPILATION_CACHE_DIR": str(cache),
         "TOPK_LOG_LEVEL": "warning",
+        # A baseline older than gRPC would refuse the setting: it gets none.
+        **({"TOPK_GRPC_PORT": str(grpc_port)} if grpc_port is not None else {}),
     }
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, cwd=root, env=environment)
-    return Target(name, process, port, "/v1/topk")
+    return Target(name, process, port, "/v1/topk", grpc_port)
 
 
 def baseline_tree(revision: str) -> Path:
@@ -292,13 +300,76 @@ async def open_loop(
     return Measurement(len(latencies), errors, duration, np.array(latencies))
 
 
+GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_request(x: np.ndarray, k: int) -> bytes:
+    """``x`` as a serialised ``ModelInferRequest`` with raw contents, asking for the indices (as
+    the HTTP binary request does)."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(
+        model_name="topk",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=x.shape)],
+        parameters={"k": pb.InferParameter(int64_param=k)},
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="indices")],
+        raw_input_contents=[x.astype("<f4").tobytes()],
+    )
+    return request.SerializeToString()
+
+
+async def grpc_closed_loop(
+    port: int, request: bytes, clients: int, duration: float, connections: int | None = None
+) -> Measurement:
+    """``clients`` concurrent callers, each calling again when answered, over one HTTP/2
+    connection per 16 callers; bytes in, bytes out (no protobuf work on this side)."""
+    import grpc
+
+    options = [
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_receive_message_length", -1),
+        ("grpc.use_local_subchannel_pool", 1),  # one connection per channel, not one shared
+    ]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+        for _ in range(connections or max(1, clients // 16))
+    ]
+    calls = [channel.unary_unary(GRPC_METHOD) for channel in channels]
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+
+    async def client(index: int) -> None:
+        nonlocal errors
+        call = calls[index % len(calls)]
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                await call(request, timeout=60)
+            except grpc.aio.AioRpcError:
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(client(i) for i in range(clients)))
+    finally:
+        for channel in channels:
+            await channel.close()
+    return Measurement(len(latencies), errors, time.perf_counter() - started, np.array(latencies))
+
+
 # ------------------------------------------------------------------------------ the run
 
 
 OIP_BINARY = "batched 256x1024 k=8, OIP binary"
+OIP_JSON = "batched 256x1024 k=8, OIP JSON"
 OIP_SMALL_JSON = "small 1x64 k=2, OIP JSON"
 OIP_SMALL_BINARY = "small 1x64 k=2, OIP binary"
-OIP_PAYLOADS = (OIP_SMALL_JSON, OIP_SMALL_BINARY, OIP_BINARY)
+OIP_PAYLOADS = (OIP_SMALL_JSON, OIP_SMALL_BINARY, OIP_JSON, OIP_BINARY)
+GRPC_SMALL = "small 1x64 k=2, OIP gRPC"
+GRPC_BATCHED = "batched 256x1024 k=8, OIP gRPC"
+GRPC_PAYLOADS = (GRPC_SMALL, GRPC_BATCHED)
 
 
 def payloads() -> dict[str, bytes]:
@@ -346,9 +417,23 @@ def request_for(target: Target, label: str, bodies: dict[str, bytes]) -> bytes:
     if label in OIP_PAYLOADS:
         path = "/v2/models/topk/infer" if target.path == "/v1/topk" else target.path
         small, batched = _numbers()
-        x, k = (batched, 8) if label == OIP_BINARY else (small, 2)
-        return oip_request(path, x, k, binary=label != OIP_SMALL_JSON)
+        x, k = (batched, 8) if label.startswith("batched") else (small, 2)
+        return oip_request(path, x, k, binary=label not in (OIP_SMALL_JSON, OIP_JSON))
+    if label in GRPC_PAYLOADS:
+        small, batched = _numbers()
+        return grpc_request(batched, 8) if label == GRPC_BATCHED else grpc_request(small, 2)
     return http_request(target.path, bodies[label])
+
+
+async def measure(
+    target: Target, label: str, request: bytes, clients: int, duration: float
+) -> Measurement | None:
+    """One closed-loop cell (None: the target does not speak the payload's protocol)."""
+    if label in GRPC_PAYLOADS:
+        if target.grpc_port is None:
+            return None
+        return await grpc_closed_loop(target.grpc_port, request, clients, duration)
+    return await closed_loop(target.port, request, clients, duration)
 
 
 async def run(
@@ -371,17 +456,20 @@ async def run(
             await wait_ready(targets[-1], "/readyz")
         if baseline is not None:
             name = f"baseline {baseline}"
-            targets.append(start_service(name, True, cache / "baseline", baseline_tree(baseline)))
+            tree = baseline_tree(baseline)
+            grpc = (tree / "service" / "ingress" / "grpc_gate.py").exists()
+            targets.append(start_service(name, True, cache / "baseline", tree, grpc=grpc))
             await wait_ready(targets[-1], "/readyz")
-        for label in [*bodies, *OIP_PAYLOADS]:
+        for label in [*bodies, *OIP_PAYLOADS, *GRPC_PAYLOADS]:
             for target in targets[2:]:  # first-touch effects out of the way
-                await closed_loop(target.port, request_for(target, label, bodies), 4, 1.0)
+                await measure(target, label, request_for(target, label, bodies), 4, 1.0)
             for clients in CONCURRENCY:
                 for target in targets:
                     request = request_for(target, label, bodies)
-                    m = await closed_loop(target.port, request, clients, duration)
-                    rows.append(row(target.name, label, clients, m))
-                    print(rows[-1], flush=True)
+                    m = await measure(target, label, request, clients, duration)
+                    if m is not None:
+                        rows.append(row(target.name, label, clients, m))
+                        print(rows[-1], flush=True)
         on = targets[2]
         small = http_request(on.path, bodies["small 1x64 k=2"])
         saturation = max(
@@ -412,6 +500,11 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
             if (r["target"], r["payload"], r["clients"]) == (target, payload, clients)
         )
 
+    def rps(target: str, payload: str, clients: int) -> str:
+        """The cell's req/s, or a dash where the target does not speak the protocol (gRPC)."""
+        found = [r for r in rows if (r["target"], r["payload"], r["clients"]) == (target, payload, clients)]  # fmt: skip
+        return f"{found[0]['rps']:.0f}" if found else "—"
+
     baseline = next((r["target"] for r in rows if r["target"].startswith("baseline")), None)
     extra_head = f" {baseline} req/s | p50 | p99 |" if baseline else ""
     lines = [
@@ -437,18 +530,21 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
     ]
     for payload in dict.fromkeys(r["payload"] for r in rows):
         for clients in CONCURRENCY:
-            e = find("echo", payload, clients)
-            parked = find("parked echo", payload, clients)
             on = find("batching on", payload, clients)
             off = find("batching off", payload, clients)
+            echo, parked = rps("echo", payload, clients), rps("parked echo", payload, clients)
             line = (
-                f"| {payload} | {clients} | {e['rps']:.0f} | {parked['rps']:.0f} | {on['rps']:.0f} | "
+                f"| {payload} | {clients} | {echo} | {parked} | {on['rps']:.0f} | "
                 f"{on['p50_ms']:.1f} | "
                 f"{on['p99_ms']:.1f} | {off['rps']:.0f} | {off['p50_ms']:.1f} | {off['p99_ms']:.1f} |"
             )
             if baseline:
-                b = find(baseline, payload, clients)
-                line += f" {b['rps']:.0f} | {b['p50_ms']:.1f} | {b['p99_ms']:.1f} |"
+                found = [r for r in rows if (r["target"], r["payload"], r["clients"]) == (baseline, payload, clients)]  # fmt: skip
+                line += (
+                    f" {found[0]['rps']:.0f} | {found[0]['p50_ms']:.1f} | {found[0]['p99_ms']:.1f} |"
+                    if found
+                    else " — | — | — |"
+                )
             lines.append(line)
     small = "small 1x64 k=2"
     lines += ["", "| ratio (batching on, 64 clients) | measured |", "|---|---:|"]
@@ -458,11 +554,19 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
             f"| {label} ÷ {small} (/v1/topk) | {find('batching on', label, 64)['rps'] / v1:.0%} |"
         )
     batched = "batched 256x1024 k=8"
-    ratio = find("batching on", OIP_BINARY, 64)["rps"] / find("batching on", batched, 64)["rps"]
-    lines.append(f"| {OIP_BINARY} ÷ {batched} (/v1/topk JSON) | {ratio:.0%} |")
+    for label in (OIP_JSON, OIP_BINARY, GRPC_BATCHED):
+        ratio = find("batching on", label, 64)["rps"] / find("batching on", batched, 64)["rps"]
+        lines.append(f"| {label} ÷ {batched} (/v1/topk JSON) | {ratio:.0%} |")
+    for grpc_label, http_label in ((GRPC_SMALL, OIP_SMALL_BINARY), (GRPC_BATCHED, OIP_BINARY)):
+        for clients in (1, 64):
+            ratio = find("batching on", grpc_label, clients)["rps"] / find("batching on", http_label, clients)["rps"]  # fmt: skip
+            lines.append(f"| {grpc_label} ÷ {http_label}, {clients} client(s) | {ratio:.0%} |")
     if baseline:
         for payload in dict.fromkeys(r["payload"] for r in rows):
-            now, then = find("batching on", payload, 64), find(baseline, payload, 64)
+            found = [r for r in rows if (r["target"], r["payload"], r["clients"]) == (baseline, payload, 64)]  # fmt: skip
+            if not found:
+                continue
+            now, then = find("batching on", payload, 64), found[0]
             lines.append(
                 f"| {payload}: this tree ÷ {baseline} | {now['rps'] / then['rps']:.0%} "
                 f"(p50 {now['p50_ms']:.1f} vs {then['p50_ms']:.1f} ms) |"

@@ -98,6 +98,7 @@ def server_environment(scenario: str, pruning_n: int) -> dict[str, str]:
     env["TOPK_N_BUCKETS"] = f"{N_LADDER},{pruning_n}" if pruning_n > 4096 else N_LADDER
     env["TOPK_MAX_N"] = str(max(pruning_n, 4096))
     env["TOPK_MAX_K"] = str(max(pruning_n, 4096))
+    env["TOPK_GRPC_PORT"] = ""  # HTTP load only: no gRPC port to collide with another server's
     for name, value in SERVER_ENV[scenario].items():
         env[name] = value.format(pruning_n=pruning_n)
     for name, value in os.environ.items():  # an explicit TOPK_* of the caller wins

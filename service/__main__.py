@@ -2,7 +2,8 @@
 
 Configuration comes from ``TOPK_*`` environment variables; ``--host``/``--port``/``--log-level``
 override them. On SIGINT/SIGTERM readiness turns false at once, then uvicorn stops accepting,
-finishes in-flight requests (up to ``--graceful-timeout`` seconds) and the lifespan drains the queue.
+finishes in-flight requests (up to ``--graceful-timeout`` seconds) and the lifespan stops gRPC
+(``TOPK_GRPC_PORT``, served by the same process on the same event loop) and drains the queue.
 """
 
 from __future__ import annotations

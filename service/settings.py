@@ -85,6 +85,26 @@ class Settings(BaseModel):
             " uvicorn's own protocol, every request through the ASGI app."
         ),
     )
+    grpc_port: int | None = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of OIP over gRPC (KServe v2 GRPCInferenceService) on the same host; empty turns"
+            " gRPC off, 0 picks any free port. Needs the grpc extra (pip install '.[grpc]')."
+        ),
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        1024, ge=1, description="gRPC calls in progress at once; RESOURCE_EXHAUSTED beyond."
+    )
+    grpc_max_connection_age_s: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "A gRPC connection is closed (GOAWAY, 10 s grace) after this long, so that L4 load"
+            " balancers spread long-lived clients over new replicas (0: never)."
+        ),
+    )
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After of a 503.")
     request_timeout_ms: float = Field(
         0.0,
@@ -141,6 +161,11 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

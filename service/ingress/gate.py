@@ -24,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from starlette.types import Receive
@@ -39,8 +39,9 @@ from service.device.work import WorkUnit
 from service.errors import ApiError
 from service.ingress.checks import Checks, field_error
 from service.ingress.headers import TIMEOUT_HEADER, RequestHeaders
-from service.ingress.oip_codec import OipCodec, OipReply, split_body, summarised
-from service.ingress.oip_codec import invalid as oip_invalid
+from service.ingress.oip_codec import OipCodec, split_body
+from service.ingress.oip_model import OipModel, OipReply, summarised
+from service.ingress.oip_model import invalid as oip_invalid
 from service.ingress.v1_reader import V1Reader
 from service.ingress.v1_writer import dense_json, topk_json
 from service.runtime import ServiceRuntime
@@ -110,10 +111,24 @@ class OipEndpoint:
 Endpoint = V1Endpoint | OipEndpoint
 
 
+class MessageEndpoint(Protocol):
+    """An inference method of a message protocol (gRPC's ``ModelInfer`` of one model): a request
+    message in, a response message out (see :mod:`service.ingress.oip_proto`)."""
+
+    route: str  # the metrics' route label
+    operator: str | None
+
+    def nbytes(self, message: Any) -> int: ...  # the size of the message's tensor data
+
+    def decode(self, message: Any) -> tuple[WorkUnit, Any]: ...
+
+    def encode(self, work: WorkUnit, plan: Any, answer: Answer) -> Any: ...
+
+
 class Pending(NamedTuple):
     """A queued request: what it came by, what it asked, and the future of its answer."""
 
-    endpoint: Endpoint
+    endpoint: Endpoint | MessageEndpoint
     work: WorkUnit
     plan: Any
     future: asyncio.Future[Answer]
@@ -135,8 +150,11 @@ def request_timeout(header: str | None, default_ms: float) -> float | None:
     return None if limit == math.inf else limit / 1000.0
 
 
-def _endpoints(runtime: ServiceRuntime, checks: Checks) -> dict[str, Endpoint]:
-    offered = runtime.operators
+CURRENT_TOPK_ROUTE = "/topk"  # the current version's name of /v1/topk: the same endpoint
+
+
+def _endpoints(checks: Checks, models: dict[str, OipModel]) -> dict[str, Endpoint]:
+    offered = checks.operators
     routes: dict[str, tuple[Operator, ...]] = {}
     for operator in OPERATORS:
         routes.setdefault(operator.route, ())
@@ -145,13 +163,13 @@ def _endpoints(runtime: ServiceRuntime, checks: Checks) -> dict[str, Endpoint]:
     for route, operators in routes.items():
         own = None if operators[0].family == "topk" else operators[0].name
         endpoints[route] = V1Endpoint(route, V1Reader(checks, operators, offered), own)
-    for model, operators in MODELS.items():
-        route = f"/v2/models/{model}/infer"
-        own = None if operators[0].family == "topk" else operators[0].name
-        endpoint = OipEndpoint(route, OipCodec(checks, model, offered), own)
-        endpoints[route] = endpoints[f"/v2/models/{model}/versions/{MODEL_VERSION}/infer"] = (
-            endpoint
-        )
+    # Same endpoint object: same reader, same gates, same metrics labels (route="/v1/topk").
+    endpoints[CURRENT_TOPK_ROUTE] = endpoints["/v1/topk"]
+    for name, model in models.items():
+        route = f"/v2/models/{name}/infer"
+        own = None if model.topk else name
+        endpoint = OipEndpoint(route, OipCodec(model), own)
+        endpoints[route] = endpoints[f"/v2/models/{name}/versions/{MODEL_VERSION}/infer"] = endpoint
     return endpoints
 
 
@@ -161,7 +179,8 @@ class Ingress:
     def __init__(self, runtime: ServiceRuntime) -> None:
         self.runtime = runtime
         self.checks = Checks(runtime.settings, runtime.operators)
-        self.endpoints = _endpoints(runtime, self.checks)
+        self.models = {name: OipModel(self.checks, name, runtime.operators) for name in MODELS}
+        self.endpoints = _endpoints(self.checks, self.models)
         self._max_body = runtime.settings.max_body_bytes
         self._timeout_ms = runtime.settings.request_timeout_ms
 
@@ -169,9 +188,22 @@ class Ingress:
         """The inference endpoint of ``path`` (None: not an inference route)."""
         return self.endpoints.get(path)
 
-    def oip_codec(self, model: str) -> OipCodec | None:
-        endpoint = self.endpoints.get(f"/v2/models/{model}/infer")
-        return endpoint.codec if isinstance(endpoint, OipEndpoint) else None
+    def oip_model(self, name: str) -> OipModel | None:
+        """The OIP model of that name if this build serves it (None: an unknown model)."""
+        model = self.models.get(name)
+        return model if model is not None and model.served else None
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The models this build serves, each with its state (Triton's repository index)."""
+        runtime = self.runtime
+        state, reason = ("READY", "") if runtime.ready else ("UNAVAILABLE", runtime.state)
+        if ready_only and state != "READY":
+            return []
+        return [
+            {"name": name, "version": MODEL_VERSION, "state": state, "reason": reason}
+            for name, model in self.models.items()
+            if model.served
+        ]
 
     # ------------------------------------------------------------------ the steps
 
@@ -212,7 +244,11 @@ class Ingress:
         return work, (plan, timeout)
 
     def enqueue(
-        self, endpoint: Endpoint, work: WorkUnit, plan: tuple[Any, float | None], started: float
+        self,
+        endpoint: Endpoint | MessageEndpoint,
+        work: WorkUnit,
+        plan: tuple[Any, float | None],
+        started: float,
     ) -> Pending:
         """Queue ``work``; ``ApiError`` (503) at once when it cannot be."""
         runtime = self.runtime
@@ -336,6 +372,68 @@ class Ingress:
         if big:
             return await asyncio.get_running_loop().run_in_executor(None, self.finish, pending)
         return self.finish(pending)
+
+    # ------------------------------------------------------------------ the message side
+
+    def queue_timeout(self, remaining: float | None) -> float | None:
+        """Seconds a request may stay queued: the client's remaining time (a gRPC deadline), at
+        most the server's ``TOPK_REQUEST_TIMEOUT_MS``."""
+        limit = self._timeout_ms / 1000.0 if self._timeout_ms > 0 else math.inf
+        if remaining is not None:
+            limit = min(limit, max(remaining, 0.0))
+        return None if limit == math.inf else limit
+
+    async def answer_message(
+        self, endpoint: MessageEndpoint, message: Any, remaining: float | None
+    ) -> Any:
+        """The whole of one request of a message protocol (gRPC): its response message, or
+        ``ApiError`` (summarised, naming the field) for the gate to map to the protocol's status.
+        Counted like HTTP answers, under the endpoint's route and the HTTP status the same request
+        would have had over HTTP (499 when the client cancelled it while it was queued)."""
+        started = time.perf_counter()
+        route = endpoint.route
+        loop = asyncio.get_running_loop()
+        big = endpoint.nbytes(message) > INLINE_BYTES  # off the loop, as HTTP's large bodies
+        try:
+            if big:
+                work, plan = await loop.run_in_executor(None, endpoint.decode, message)
+            else:
+                work, plan = endpoint.decode(message)
+            pending = self.enqueue(endpoint, work, (plan, self.queue_timeout(remaining)), started)
+        except ApiError as error:
+            self.count(route, endpoint.operator or "unknown", error.status, started)
+            raise summarised(error) from None
+        except Exception:  # a server fault: never let it look like a client's
+            log.exception("reading %s failed", route)
+            self.count(route, endpoint.operator or "unknown", 500, started)
+            raise ApiError(500, "internal server error") from None
+        operator = work.key.operator
+        try:
+            answer = await pending.future
+        except asyncio.CancelledError:  # the call was cancelled: the batcher drops the request
+            pending.future.cancel()
+            self.gone(pending)
+            raise
+        except Exception as error:  # noqa: BLE001 — the request's own failure, mapped here
+            mapped = self.failure(error)
+            if mapped is None:
+                log.error("unhandled error on %s", route, exc_info=error)
+                mapped = ApiError(500, "internal server error")
+            self.count(route, operator, mapped.status, started)
+            raise summarised(mapped) from None
+        try:
+            if big:
+                response = await loop.run_in_executor(
+                    None, endpoint.encode, work, pending.plan, answer
+                )
+            else:
+                response = endpoint.encode(work, pending.plan, answer)
+        except Exception:
+            log.exception("encoding the answer of %s failed", route)
+            self.count(route, operator, 500, started)
+            raise ApiError(500, "internal server error") from None
+        self.count(route, operator, 200, started)
+        return response
 
 
 async def _settled(future: asyncio.Future[Answer], receive: Receive) -> bool:

@@ -63,6 +63,7 @@ def server_url() -> Iterator[str]:
         "TOPK_WARMUP_OPERATORS": "sparse,hard",
         "TOPK_COMPILATION_CACHE_DIR": "",
         "TOPK_LOG_LEVEL": "warning",
+        "TOPK_GRPC_PORT": "",  # HTTP only: no gRPC port to collide with another server's
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],

@@ -39,8 +39,10 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, cache: Path) -> None:
-        self.process, self.url, self.cache = process, url, cache
+    def __init__(
+        self, process: subprocess.Popen[bytes], url: str, cache: Path, grpc_url: str
+    ) -> None:
+        self.process, self.url, self.cache, self.grpc_url = process, url, cache, grpc_url
 
 
 COMMANDS = {
@@ -60,10 +62,11 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", params=list(COMMANDS))
 def server(request: pytest.FixtureRequest, cache: Path) -> Iterator[Server]:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
         "PYTHONPATH": str(ROOT),
+        "TOPK_GRPC_PORT": str(grpc_port),
         "TOPK_ROW_BUCKETS": "2,8",  # a short ladder keeps the warm-up to 8 kernels
         "TOPK_N_BUCKETS": "16,32",
         "TOPK_MAX_ROWS": "4",
@@ -89,7 +92,7 @@ def server(request: pytest.FixtureRequest, cache: Path) -> Iterator[Server]:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        yield Server(process, url, cache)
+        yield Server(process, url, cache, f"127.0.0.1:{grpc_port}")
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -159,6 +162,19 @@ def test_the_persistent_compilation_cache_was_written(server: Server) -> None:
     assert any(path.is_file() for path in server.cache.rglob("*"))
     metrics = httpx.get(server.url + "/metrics").text
     assert "topk_jax_cache_misses_total" in metrics
+
+
+def test_oip_over_grpc_answers_beside_http(server: Server) -> None:
+    """The gRPC server runs on the server's own loop (uvloop under ``python -m service``)."""
+    import tritonclient.grpc as triton
+
+    x = np.array([[0.5, 3.0, -1.0, 2.0]], np.float32)
+    with triton.InferenceServerClient(server.grpc_url) as client:
+        assert client.is_server_ready()
+        tensor = triton.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer("topk", [tensor], parameters={"k": 2, "operator": "hard"})
+    np.testing.assert_array_equal(result.as_numpy("indices"), [[1, 3]])
 
 
 def test_sigterm_drains_and_exits_cleanly(server: Server) -> None:

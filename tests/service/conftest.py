@@ -12,7 +12,7 @@ from tests.service.serving import ServerThread, serving
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerThread]:
-    with serving() as running:
+    with serving(grpc_port=0) as running:  # OIP over gRPC too, on a free port
         yield running
 
 

@@ -30,6 +30,7 @@ SMALL = {
     "warmup_outputs": ("mask",),
     "warmup_derivatives": ("none",),
     "compilation_cache_dir": "",
+    "grpc_port": None,  # off: gRPC tests ask for it with grpc_port=0 (any free port)
 }
 
 
@@ -47,6 +48,7 @@ class ServerThread:
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_url = ""  # 127.0.0.1:<port> once started with grpc_port set
         config = uvicorn.Config(
             self.app,
             log_level="warning",
@@ -68,6 +70,8 @@ class ServerThread:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the test server did not start")
             time.sleep(0.01)
+        if self.app.state.grpc_port is not None:
+            self.grpc_url = f"127.0.0.1:{self.app.state.grpc_port}"
         while self._wait_ready and not self.runtime.ready:
             if time.monotonic() > deadline or self.runtime.state == "failed":
                 raise RuntimeError(f"the test server did not get ready: {self.runtime.failure}")

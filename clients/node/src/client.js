@@ -92,6 +92,31 @@ import { HEADER_LENGTH, decodeResponse, encodeRequest } from "./oip.js";
  */
 
 /**
+ * Options of the OIP `sort`, `rank` and `isotonic` models (each takes its own parameters: see
+ * `GET /v1/operators`).
+ * @typedef {CallOptions & {
+ *   epsilon?: number | Float32Array,
+ *   descending?: boolean,
+ *   regularization?: "l2" | "kl",
+ *   increasing?: boolean,
+ *   solver?: "pav" | "dykstra",
+ *   tangent?: Float32Array | Float64Array,
+ *   cotangent?: Float32Array | Float64Array,
+ *   outputs?: ("values" | "jvp" | "vjp")[],
+ *   id?: string,
+ * }} InferDenseOptions
+ */
+
+/**
+ * The tensors of an OIP `sort`, `rank` or `isotonic` answer (row-major, `[rows, n]`).
+ * @typedef {object} DenseTensors
+ * @property {[number, number]} shape
+ * @property {Float32Array} [values]
+ * @property {Float32Array} [jvp]
+ * @property {Float32Array} [vjp]
+ */
+
+/**
  * The dense tensors of an OIP top-k answer (row-major).
  * @typedef {object} TopKTensors
  * @property {[number, number]} shape `[rows, n]` of `values`, `jvp` and `vjp`.
@@ -290,6 +315,49 @@ export class TopKClient {
     });
     const bytes = new Uint8Array(await response.arrayBuffer());
     return decodeResponse(bytes, response.headers.get(HEADER_LENGTH));
+  }
+
+  /**
+   * Soft sort, soft ranks or isotonic regression of each row of a `[rows, n]` matrix through the
+   * OIP binary path (models `sort`, `rank`, `isotonic`): no JSON numbers either way.
+   * @param {"sort" | "rank" | "isotonic"} model
+   * @param {Float32Array | Float64Array} x Row-major.
+   * @param {[number, number]} shape `[rows, n]`.
+   * @param {InferDenseOptions} [options]
+   * @returns {Promise<DenseTensors>}
+   */
+  async inferDense(model, x, shape, options = {}) {
+    const [rows] = shape;
+    /** @type {import("./oip.js").InputTensor[]} */
+    const inputs = [{ name: "x", shape, data: x }];
+    /** @type {Record<string, string | number | boolean>} */
+    const parameters = /** @type {any} */ (
+      defined({
+        descending: options.descending,
+        regularization: options.regularization,
+        increasing: options.increasing,
+        solver: options.solver,
+      })
+    );
+    if (typeof options.epsilon === "number") parameters.epsilon = options.epsilon;
+    else if (options.epsilon !== undefined) inputs.push({ name: "epsilon", shape: [rows], data: options.epsilon });
+    if (options.tangent !== undefined) inputs.push({ name: "tangent", shape, data: options.tangent });
+    if (options.cotangent !== undefined) inputs.push({ name: "cotangent", shape, data: options.cotangent });
+    const result = await this.infer(model, inputs, {
+      parameters,
+      outputs: options.outputs,
+      id: options.id,
+      requestTimeoutMs: options.requestTimeoutMs,
+      signal: options.signal,
+    });
+    /** @type {DenseTensors} */
+    const tensors = { shape: [shape[0], shape[1]] };
+    for (const [name, output] of Object.entries(result.outputs)) {
+      if (name === "values" || name === "jvp" || name === "vjp") {
+        tensors[name] = /** @type {Float32Array} */ (output.data);
+      }
+    }
+    return tensors;
   }
 
   /**

@@ -265,6 +265,23 @@ describe("OIP binary (POST /v2/models/topk/infer)", { skip }, () => {
     });
   });
 
+  for (const [model, options] of /** @type {const} */ ([
+    ["sort", { epsilon: 0.5, regularization: "kl" }],
+    ["rank", { descending: true }],
+    ["isotonic", { increasing: true }],
+  ])) {
+    it(`the ${model} model agrees with /v1/${model} bit for bit, values and JVP`, async () => {
+      const tensors = await client.inferDense(model, x, [rows, n], { ...options, tangent });
+      const v1 = await client[model](asRows(x), { ...options, tangent: asRows(tangent) });
+      assert.deepEqual(tensors.shape, [rows, n]);
+      assert.ok(tensors.values instanceof Float32Array && tensors.vjp === undefined);
+      v1.rows.forEach((row, i) => {
+        assert.deepEqual(Array.from(tensors.values?.subarray(i * n, (i + 1) * n) ?? []), row.values.map(Math.fround));
+        assert.deepEqual(Array.from(tensors.jvp?.subarray(i * n, (i + 1) * n) ?? []), row.jvp?.map(Math.fround));
+      });
+    });
+  }
+
   it("an unknown model is a typed 404", async () => {
     const request = client.infer("no-such-model", [{ name: "x", shape: [1, 1], data: Float32Array.from([1]) }]);
     await assert.rejects(request, (error) => error instanceof TopKError && error.status === 404);

@@ -1,10 +1,13 @@
 """Open Inference Protocol (KServe V2 / Triton) routes: server and model metadata, model readiness,
-and the documented ``POST /v2/models/<model>/infer`` (answered by the ingress, like ``/v1``)."""
+Triton's model configuration and repository index, and the documented
+``POST /v2/models/<model>/infer`` (answered by the ingress, like ``/v1``). The gRPC gate answers the
+same from the same :class:`~service.ingress.oip_model.OipModel`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -17,10 +20,12 @@ from api.oip import (
     InferResponse,
     ModelMetadata,
     ModelReady,
+    RepositoryModel,
     ServerMetadata,
 )
 from service.ingress.asgi import respond
 from service.ingress.gate import Ingress
+from service.ingress.oip_model import invalid
 from service.ingress.routes.openapi import request_schema
 from service.ingress.routes.v1 import ERROR_RESPONSES, TIMEOUT_PARAMETER
 from service.runtime import ServiceRuntime
@@ -37,7 +42,8 @@ def _unknown_model(model: str) -> JSONResponse:
 @router.get("/v2", summary="OIP server metadata", response_model=ServerMetadata)
 async def server_metadata(request: Request) -> dict[str, Any]:
     app = request.app
-    return {"name": app.title, "version": app.version, "extensions": [BINARY_EXTENSION]}
+    extensions = [BINARY_EXTENSION, "model_configuration"]
+    return {"name": app.title, "version": app.version, "extensions": extensions}
 
 
 @router.get(
@@ -49,10 +55,45 @@ async def server_metadata(request: Request) -> dict[str, Any]:
 @router.get(f"/v2/models/{{model}}/versions/{MODEL_VERSION}", include_in_schema=False)
 async def model_metadata(request: Request, model: str) -> Any:
     ingress: Ingress = request.app.state.ingress
-    codec = ingress.oip_codec(model)
-    if codec is None or not codec.operators:
-        return _unknown_model(model)
-    return codec.metadata()
+    served = ingress.oip_model(model)
+    return _unknown_model(model) if served is None else served.metadata()
+
+
+@router.get(
+    "/v2/models/{model}/config",
+    summary="Triton model configuration (max_batch_size, inputs, outputs)",
+    responses={404: {"description": "No such model."}},
+)
+@router.get(f"/v2/models/{{model}}/versions/{MODEL_VERSION}/config", include_in_schema=False)
+async def model_config(request: Request, model: str) -> Any:
+    """Triton's tools (perf_analyzer, model analyzer) read this before they send anything. The
+    first dimension of every tensor is the batch (rows, at most ``max_batch_size``), left out of
+    ``dims``."""
+    ingress: Ingress = request.app.state.ingress
+    served = ingress.oip_model(model)
+    return _unknown_model(model) if served is None else served.config()
+
+
+@router.post(
+    "/v2/repository/index",
+    summary="Triton repository index: the models and their state",
+    response_model=list[RepositoryModel],
+)
+async def repository_index(request: Request) -> list[dict[str, str]]:
+    """Every model this build serves, ``READY`` once warm (``{"ready": true}`` in the body lists
+    only ready models)."""
+    ingress: Ingress = request.app.state.ingress
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as error:
+        raise invalid("body", f"Invalid JSON: {error}") from None
+    if type(body) is not dict or not body.keys() <= {"ready"}:
+        raise invalid("body", 'expected {} or {"ready": true|false}')
+    ready = body.get("ready", False)
+    if type(ready) is not bool:
+        raise invalid("ready", f"expected true or false, got {ready!r}")
+    return ingress.repository_index(ready_only=ready)
 
 
 @router.get(
@@ -68,8 +109,7 @@ async def model_metadata(request: Request, model: str) -> Any:
 async def model_ready(request: Request, model: str) -> JSONResponse:
     """200 when warm and not draining, else 503 (with the same body)."""
     ingress: Ingress = request.app.state.ingress
-    codec = ingress.oip_codec(model)
-    if codec is None or not codec.operators:
+    if ingress.oip_model(model) is None:
         return _unknown_model(model)
     runtime: ServiceRuntime = request.app.state.runtime
     ready = runtime.ready

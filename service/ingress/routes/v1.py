@@ -51,12 +51,14 @@ TIMEOUT_PARAMETER = {
     "schema": {"type": "number", "exclusiveMinimum": 0},
 }
 REQUEST_MODELS: dict[str, type[Any]] = {
+    "/topk": TopKRequest,
     "/v1/topk": TopKRequest,
     "/v1/sort": SoftSortRequest,
     "/v1/rank": SoftSortRequest,
     "/v1/isotonic": IsotonicRequest,
 }
 SUMMARIES = {
+    "/topk": "Top-k of each row (the current version's name of /v1/topk)",
     "/v1/topk": "Top-k of each row, with optional JVP/VJP",
     "/v1/sort": "Soft sort",
     "/v1/rank": "Soft rank",
@@ -66,12 +68,12 @@ SUMMARIES = {
 
 def _document(route: str, description: str) -> None:
     model = REQUEST_MODELS[route]
-    answer = TopKResponse if route == "/v1/topk" else DenseResponse
+    answer = TopKResponse if route in ("/topk", "/v1/topk") else DenseResponse
     router.add_api_route(
         route,
         respond,
         methods=["POST"],
-        name=route.rsplit("/", 1)[-1],
+        name="current_topk" if route == "/topk" else route.rsplit("/", 1)[-1],
         summary=SUMMARIES[route],
         description=description,
         openapi_extra={
@@ -91,6 +93,12 @@ _document(
     "Sparse, soft or hard top-k of each row of ``x``; the answer lists each row's support. The body "
     "is checked in full before the request is queued, so a bad request is refused alone (4xx naming "
     "the field) and never affects the requests batched with it.",
+)
+_document(
+    "/topk",
+    "``POST /v1/topk`` under the name of the current version: the same endpoint (same reader, checks,"
+    ' batching and metrics labels, ``route="/v1/topk"``). ``/v1/topk`` is the stable name: it keeps'
+    " its contract when a later version changes ``/topk``.",
 )
 for _operator in OPERATORS:
     if _operator.family == "dense":

@@ -312,3 +312,19 @@ def test_inference_counts_in_the_metrics(server: ServerThread, http: httpx.Clien
     before = metric(server, sample)
     assert http.post(INFER, json={"parameters": {"k": 1}, "inputs": [X]}).status_code == 200
     assert metric(server, sample) == before + 1
+
+
+def test_repository_index_and_model_config(http: httpx.Client) -> None:
+    ready = http.post("/v2/repository/index", json={"ready": True})
+    assert [m["name"] for m in ready.json()] == ["topk", "sort", "rank", "isotonic"]
+    assert http.post("/v2/repository/index").json() == ready.json()
+    for body, field in (({"ready": "yes"}, "ready"), ([1], "body"), ({"repository": "x"}, "body")):
+        refused = http.post("/v2/repository/index", json=body)
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field
+    config = http.get("/v2/models/sort/config").json()
+    assert config["max_batch_size"] == 8 and [i["name"] for i in config["input"]] == [
+        "x", "epsilon", "tangent", "cotangent"
+    ]  # fmt: skip
+    assert http.get("/v2/models/sort/versions/1/config").json() == config
+    unknown = http.get("/v2/models/median/config")
+    assert unknown.status_code == 404 and unknown.json()["errors"][0]["field"] == "model"

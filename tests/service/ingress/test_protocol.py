@@ -13,7 +13,7 @@ import pytest
 
 from service.ingress.asgi import TopKApp
 from tests.service.ingress.test_deadlines import wait_for
-from tests.service.serving import ServerThread, serving
+from tests.service.serving import ServerThread, metric, serving
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -180,6 +180,28 @@ def test_an_oip_request_is_answered_in_the_protocol_exactly_as_on_the_asgi_path(
     [(asgi_status, _, asgi_answer)] = exchange(asgi_server, raw)
     assert status == asgi_status == 200, answer
     assert answer == asgi_answer
+
+
+def test_post_topk_is_v1_topk_through_both_gates_with_the_same_labels(
+    protocol_server: ServerThread, asgi_server: ServerThread, asgi_calls: list[str]
+) -> None:
+    """``/topk`` is the current version's name of ``/v1/topk``: the same endpoint, so the same
+    answer, the same refusals and the same metrics labels, in the protocol and on the ASGI path."""
+    accepted, refused = json.dumps(BODIES[1]).encode(), json.dumps(REFUSED[1]).encode()
+    sample = 'topk_requests_total{operator="hard",route="/v1/topk",status="200"}'
+    answers = []
+    for server in (protocol_server, asgi_server):
+        before = metric(server, sample)
+        [(status, _, current)] = exchange(server, request(accepted, path="/topk"))
+        [(_, _, versioned)] = exchange(server, request(accepted))
+        assert status == 200 and current == versioned
+        assert metric(server, sample) == before + 2
+        [(status, _, current)] = exchange(server, request(refused, path="/topk"))
+        [(_, _, versioned)] = exchange(server, request(refused))
+        assert status == 422 and current == versioned
+        answers.append(current)
+    assert answers[0] == answers[1]
+    assert [path for path in asgi_calls if path != "/metrics"] == ["/topk", "/v1/topk"] * 2
 
 
 @pytest.mark.parametrize("body", REFUSED)
