@@ -52,7 +52,8 @@ class ServerThread:
             log_level="warning",
             lifespan="on",
             access_log=False,
-            http=http_protocol(self.app) if settings.http_protocol == "topk" else "auto",
+            timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+            http=http_protocol(self.app),
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="uvicorn-test", daemon=True)
@@ -83,8 +84,8 @@ class ServerThread:
 
 @contextlib.contextmanager
 def serving(**overrides: object) -> Iterator[ServerThread]:
-    """A test server as ``python -m service`` runs it (``http_protocol="uvicorn"``: plain uvicorn,
-    every request through the ASGI gate)."""
+    """A test server as ``python -m service`` runs it, connection guard included
+    (``http_protocol="uvicorn"``: every request through the ASGI gate)."""
     with ServerThread(small_settings(**overrides)) as server:
         yield server
 
