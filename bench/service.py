@@ -143,7 +143,9 @@ class Target:
                 self.process.wait()
 
 
-def start_service(name: str, batching: bool, cache: Path, root: Path = ROOT) -> Target:
+def start_service(
+    name: str, batching: bool, cache: Path, root: Path = ROOT, extra: dict[str, str] | None = None
+) -> Target:
     port = free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
@@ -154,7 +156,10 @@ def start_service(name: str, batching: bool, cache: Path, root: Path = ROOT) -> 
         "TOPK_WARMUP_N_BUCKETS": "64,1024",
         "TOPK_COMPILATION_CACHE_DIR": str(cache),
         "TOPK_LOG_LEVEL": "warning",
+        **(extra or {}),
     }
+    if root == ROOT:  # stop at once (no load balancer to warn); a baseline tree may not know it
+        environment.setdefault("TOPK_DRAIN_DELAY_S", "0")
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, cwd=root, env=environment)
     return Target(name, process, port, "/v1/topk")

@@ -160,6 +160,15 @@ class Settings(BaseModel):
             " let through). 0: max_body_bytes."
         ),
     )
+    big_body_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description=(
+            "Most of the time the thread decoding bodies above 64 KiB may take while small requests"
+            " are arriving (JSON decoding holds the GIL the event loop needs); 1: no limit."
+        ),
+    )
 
     # The connection guard (service/ingress/guard.py; python -m service only).
     max_header_bytes: int = Field(

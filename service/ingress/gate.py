@@ -27,7 +27,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import orjson
@@ -47,6 +46,7 @@ from service.ingress.checks import Checks, field_error
 from service.ingress.headers import TIMEOUT_HEADER, RequestHeaders
 from service.ingress.oip_codec import OipCodec, OipReply, split_body, summarised
 from service.ingress.oip_codec import invalid as oip_invalid
+from service.ingress.pacing import BigBodyThread
 from service.ingress.v1_reader import V1Reader
 from service.ingress.v1_writer import dense_json, topk_json
 from service.runtime import ServiceRuntime
@@ -175,9 +175,7 @@ class Ingress:
         self.metrics_keys = BearerKeys(settings.metrics_api_keys)
         self.bodies = BodyBudget(settings.max_body_bytes_in_flight)
         runtime.metrics.body_bytes_in_flight.set_function(lambda: self.bodies.held)
-        # Big bodies are decoded (and their answers encoded) on one thread: JSON parsing holds
-        # the GIL, and each thread doing it takes the event loop's turn away from small requests.
-        self._big_bodies = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topk-bodies")
+        self.big_bodies = BigBodyThread(settings.big_body_share)
 
     @property
     def max_body(self) -> int:
@@ -281,6 +279,7 @@ class Ingress:
         self, endpoint: Endpoint, headers: RequestHeaders, body: bytes, started: float
     ) -> Reply | Pending:
         """Decode and queue a body on the event loop (small bodies); a refusal is a Reply."""
+        self.big_bodies.small_seen = started
         try:
             work, plan = self.decode(endpoint, headers, body)
             return self.enqueue(endpoint, work, plan, started)
@@ -369,10 +368,12 @@ class Ingress:
         loop = asyncio.get_running_loop()
         try:
             if big:
+                big_bodies = self.big_bodies
                 work, plan = await loop.run_in_executor(
-                    self._big_bodies, self.decode, endpoint, headers, body
+                    big_bodies.executor, big_bodies.run, self.decode, endpoint, headers, body
                 )
             else:
+                self.big_bodies.small_seen = started
                 work, plan = self.decode(endpoint, headers, body)
             pending = self.enqueue(endpoint, work, plan, started)
         except ApiError as error:
@@ -385,7 +386,10 @@ class Ingress:
             self.gone(pending)
             return None
         if big:
-            return await loop.run_in_executor(self._big_bodies, self.finish, pending)
+            big_bodies = self.big_bodies
+            return await loop.run_in_executor(
+                big_bodies.executor, big_bodies.run, self.finish, pending
+            )
         return self.finish(pending)
 
 
