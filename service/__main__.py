@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from service.app import create_app
+from service.ingress.guard import ensure_descriptors
 from service.ingress.protocol import http_protocol
 from service.runtime import ServiceRuntime
 from service.settings import Settings
@@ -93,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The event loop holds the GIL most of the time under load; the device thread needs it only
     # for microseconds per batch but would wait up to the default 5 ms switch interval for it.
     sys.setswitchinterval(0.0005)
+    ensure_descriptors(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -13,8 +13,9 @@ connection (settings in brackets):
   request's first byte, to the end of its headers: 408, then the connection is closed (a
   connection that sent nothing is closed without an answer);
 - a body deadline: no pause between two reads longer than ``TOPK_BODY_IDLE_TIMEOUT_S``, and the
-  whole body within ``TOPK_BODY_TIMEOUT_S`` of its headers (408, closed). Time the server itself
-  stops reading (flow control, while the app has not taken the bytes yet) is not the client's;
+  whole body within ``TOPK_BODY_TIMEOUT_S`` of its headers (408, closed). A pause while the
+  server itself is not reading (flow control: the app has not taken the bytes yet) is not the
+  client's, but the total deadline holds regardless;
 - a cap on the request line plus headers (``TOPK_MAX_HEADER_BYTES``): 431 naming the largest
   field (414 for the request target), as soon as the bytes received for the headers pass the cap,
   so at most one socket read beyond it is ever taken in;
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -57,6 +59,9 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/r
 PROBE_HEADER_TIMEOUT_S = 2.0  # a connection beyond the cap has this long to ask its probe
 LINGER_S = 1.0  # after a refusal mid-request: time for the client to read it before the reset
 _LINE_HEAD = 64  # bytes kept of the header line being read, to name it if it is too long
+
+# File descriptors the process needs besides its connections (JAX, XLA, logs, the listener).
+OTHER_DESCRIPTORS = 256
 
 # Where a connection stands in its current request.
 _IDLE = 0  # between requests (uvicorn's keep-alive timer), or answering one
@@ -272,12 +277,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         guard = self.guard
         now = self.loop.time()
-        if self.flow.read_paused:  # the server is not reading: not the client's delay
+        total_until = self._body_started + guard.body_timeout
+        if self.flow.read_paused and now < total_until:
+            # The server is not reading (the app has not taken the bytes yet): not the client's
+            # pause. The total deadline still holds, so no connection waits on it for ever.
             self._last_read = now
-            self._timer = self.loop.call_later(guard.body_idle_timeout, self._body_late)
+            due = min(now + guard.body_idle_timeout, total_until)
+            self._timer = self.loop.call_at(due, self._body_late)
             return
         idle_until = self._last_read + guard.body_idle_timeout
-        total_until = self._body_started + guard.body_timeout
         due = min(idle_until, total_until)
         if now < due:
             self._timer = self.loop.call_at(due, self._body_late)
@@ -321,12 +329,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._closing = True
         self._cancel_timer()
         cycle = self.cycle
+        answered = cycle is not None and cycle.response_started
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # an ASGI task still running sends nothing after this
             cycle.response_complete = True  # and the parser drops the rest of its body
             cycle.message_event.set()
         transport = self.transport
         if transport.is_closing():
+            return
+        if answered:  # its answer went out already (e.g. an early 413): only close
+            transport.close()
             return
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]
         for name, value in self.server_state.default_headers:
@@ -352,3 +364,24 @@ def guarded(base: type[GuardedHttpProtocol], settings: Settings, metrics: Servic
     return type(
         f"Bound{base.__name__}", (base,), {"guard": GuardLimits.of(settings), "metrics": metrics}
     )
+
+
+def ensure_descriptors(settings: Settings) -> int:
+    """Raise the soft limit on open files to what the connection cap needs (up to the hard limit),
+    so that the cap, not the descriptors, is what runs out first; returns the soft limit. Below
+    it (a hard limit too low), says by how much the cap should come down."""
+    needed = settings.max_connections + settings.probe_connections + OTHER_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        if soft < needed:
+            log.warning(
+                "only %d file descriptors may be open: the connection cap (%d + %d for probes)"
+                " needs %d; set TOPK_MAX_CONNECTIONS to at most %d",
+                soft, settings.max_connections, settings.probe_connections, needed,
+                max(1, soft - settings.probe_connections - OTHER_DESCRIPTORS),
+            )  # fmt: skip
+    return int(soft)

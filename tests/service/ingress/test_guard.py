@@ -5,6 +5,7 @@ answer — under both gates (the protocol gate, and every request through the AS
 from __future__ import annotations
 
 import json
+import logging
 import select
 import socket
 import threading
@@ -13,9 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from service.ingress import guard
 from tests.service.ingress.test_deadlines import wait_for
 from tests.service.ingress.test_protocol import read_responses
-from tests.service.serving import ServerThread, metric, serving
+from tests.service.serving import ServerThread, metric, serving, small_settings
 
 HEADER_TIMEOUT = 1.0
 BODY_IDLE = 0.5
@@ -277,3 +279,24 @@ def test_beyond_the_connection_cap_probes_answer_other_requests_get_503(
         )
         [(status, _, body)] = read_responses(client, 1)
     assert status == 200, body
+
+
+def test_the_descriptor_limit_is_raised_to_what_the_cap_needs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = {"soft": 1024, "hard": 4096}
+
+    def getrlimit(_: int) -> tuple[int, int]:
+        return limits["soft"], limits["hard"]
+
+    def setrlimit(_: int, values: tuple[int, int]) -> None:
+        limits["soft"], limits["hard"] = values
+
+    monkeypatch.setattr(guard.resource, "getrlimit", getrlimit)
+    monkeypatch.setattr(guard.resource, "setrlimit", setrlimit)
+    needed = 2048 + 32 + guard.OTHER_DESCRIPTORS
+    assert guard.ensure_descriptors(small_settings(max_connections=2048)) == needed
+    assert limits["soft"] == needed
+    with caplog.at_level(logging.WARNING):
+        assert guard.ensure_descriptors(small_settings(max_connections=10_000)) == 4096
+    assert "set TOPK_MAX_CONNECTIONS to at most 3808" in caplog.text
