@@ -8,10 +8,14 @@ changed: a ``POST`` to an inference route (``/v1/...`` or an OIP ``/v2/models/<m
 whose headers the ingress admits, with a body of at most 64 KiB, is held instead of being given a
 task; when its body is complete, :meth:`~service.ingress.gate.Ingress.start` reads and queues it
 from the parser's callback (or refuses it: a refused body is parsed once, here), and the answer is
-written to the transport from its future's callback. Parsing, keep-alive, pipelining, flow
-control, shutdown and the access log stay uvicorn's. Anything else (another route, a bigger or
-chunked body, ``Expect: 100-continue``, a pipelined request, headers the ingress refuses) starts
-uvicorn's ASGI task as usual, and the ASGI gate (:mod:`service.ingress.asgi`) answers it.
+written to the transport from its future's callback. A request whose headers the ingress refuses
+(401, 413, 415, a 503 of a full queue or of the bodies' budget), whatever its size, is answered
+at once, from its headers: its body, if it may be read at all (at most the body cap), is dropped
+by the parser and the connection kept; otherwise the connection is closed after the answer.
+Parsing, keep-alive, pipelining, flow control, shutdown and the access log stay uvicorn's.
+Anything else (another route, an admitted bigger or chunked body, ``Expect: 100-continue``, a
+pipelined request) starts uvicorn's ASGI task as usual, and the ASGI gate
+(:mod:`service.ingress.asgi`) answers it.
 
 The hook is uvicorn's ``HttpToolsProtocol._start_asgi_task`` (uvicorn >= 0.48, the range pinned in
 pyproject.toml). :class:`TopKHttpProtocol` is a :class:`~service.ingress.guard.GuardedHttpProtocol`
