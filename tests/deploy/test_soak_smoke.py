@@ -1,4 +1,4 @@
-"""A ~40 s version of ``make soak``: paced mixed load (small, batched, big and bad requests) at
+"""A ~30 s version of ``make soak``: paced mixed load (small, batched, big and bad requests) at
 80 % of the measured saturation, then a burst of big bodies; no failure, every burst body
 answered, RSS and file descriptors back near where they were, one PNG of it all."""
 
@@ -21,9 +21,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_a_short_soak_passes_and_records_memory_and_descriptors(tmp_path: Path) -> None:
-    command = [sys.executable, "load/soak.py", "--duration", "15", "--saturation-seconds", "5"]
+    command = [sys.executable, "load/soak.py", "--duration", "10", "--saturation-seconds", "4"]
     command += ["--sample-interval", "1", "--burst-bodies", "8", "--burst-clients", "4"]
-    command += ["--settle-seconds", "4", "--users", "8", "--results", str(tmp_path)]
+    command += ["--settle-seconds", "3", "--users", "8", "--results", str(tmp_path)]
     completed = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
     )

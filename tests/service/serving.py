@@ -33,6 +33,15 @@ SMALL = {
 }
 
 
+# One warm kernel (sparse, 1 × 16): for servers whose tests send few inference requests; the
+# other buckets compile on demand, at their first request.
+QUICK_START: dict[str, object] = {
+    "warmup_operators": ("sparse",),
+    "warmup_row_buckets": (1,),
+    "warmup_n_buckets": (16,),
+}
+
+
 def small_settings(**overrides: object) -> Settings:
     return Settings.from_env({}, **{**SMALL, **overrides})
 

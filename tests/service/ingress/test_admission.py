@@ -15,7 +15,7 @@ import pytest
 from service.ingress.gate import INLINE_BYTES
 from tests.service.ingress.test_deadlines import wait_for
 from tests.service.ingress.test_protocol import read_responses
-from tests.service.serving import ServerThread, metric, serving
+from tests.service.serving import QUICK_START, ServerThread, metric, serving
 
 BUDGET = 100_000
 QUEUE_DELAY_MS = 1000  # batches wait this long: what is queued stays queued while a test looks
@@ -42,6 +42,7 @@ def budgeted(request: pytest.FixtureRequest) -> Iterator[ServerThread]:
         max_body_bytes_in_flight=BUDGET,
         max_queued_elements=WORK_BOUND,
         max_queue_delay_ms=QUEUE_DELAY_MS,
+        **QUICK_START,
     ) as running:
         yield running
 

@@ -13,7 +13,7 @@ from pydantic import SecretStr, ValidationError
 
 from service.ingress.auth import BearerKeys, scope_of
 from service.settings import Settings
-from tests.service.serving import ServerThread, serving
+from tests.service.serving import QUICK_START, ServerThread, serving
 
 KEYS = ("k1-Wd8Yz", "k2-Qp0Lm")
 METRICS_KEY = "scrape-7Hx"
@@ -27,7 +27,10 @@ OIP = {
 @pytest.fixture(scope="module", params=["topk", "uvicorn"])
 def locked(request: pytest.FixtureRequest) -> Iterator[ServerThread]:
     with serving(
-        http_protocol=request.param, api_keys=",".join(KEYS), metrics_api_keys=METRICS_KEY
+        http_protocol=request.param,
+        api_keys=",".join(KEYS),
+        metrics_api_keys=METRICS_KEY,
+        **QUICK_START,
     ) as running:
         yield running
 

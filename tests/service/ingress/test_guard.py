@@ -17,7 +17,7 @@ import pytest
 from service.ingress import guard
 from tests.service.ingress.test_deadlines import wait_for
 from tests.service.ingress.test_protocol import read_responses
-from tests.service.serving import ServerThread, metric, serving, small_settings
+from tests.service.serving import QUICK_START, ServerThread, metric, serving, small_settings
 
 HEADER_TIMEOUT = 1.0
 BODY_IDLE = 0.5
@@ -33,6 +33,7 @@ GUARD = {
     "max_header_bytes": MAX_HEADERS,
     "max_connections": CAP,
     "probe_connections": PROBE_SLOTS,
+    **QUICK_START,
 }
 SMALL_BODY = json.dumps({"x": [[0.5, -1.0, 2.0, 3.5]], "k": 2}).encode()
 
