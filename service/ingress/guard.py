@@ -113,6 +113,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._phase = _HEADERS  # a new connection waits for its first request
         self._timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0  # received while this request's headers were incomplete
+        self._begun = False  # a request began in the read being parsed
         self._chunk = 0  # size of the read being parsed
         self._line_head = b""  # start of the header line being read (only while incomplete)
         self._body_started = 0.0
@@ -157,6 +158,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         self._chunk = len(data)
+        self._begun = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -177,7 +179,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         phase = self._phase
         if phase == _HEADERS:
-            self._header_bytes += len(data)
+            if self._begun:  # what of this read is the new request's (the rest ended another)
+                self._header_bytes = len(self.url) + sum(
+                    len(n) + len(v) + 4 for n, v in self.headers
+                )
+            else:
+                self._header_bytes += len(data)
             self._keep_line_head(data)
             if self._header_bytes > self.guard.max_header_bytes:
                 self._refuse_headers()
@@ -205,6 +212,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._begun = True
         self._phase = _HEADERS
         self._header_bytes = 0
         self._line_head = b""
@@ -262,7 +270,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._timer = None
         if self._phase != _HEADERS or self._closing:
             return
-        if self._header_bytes == 0 and not self.url:  # nothing sent: nobody to answer
+        if self.headers is None:  # a new connection that sent nothing: nobody to answer
             self._closing = True
             self.metrics.refuse("header_timeout")
             self.transport.close()

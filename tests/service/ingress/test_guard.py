@@ -233,6 +233,24 @@ def test_headers_under_the_cap_spread_over_reads_are_served(server: ServerThread
     assert (status, json.loads(body)) == (200, {"live": True})
 
 
+def test_a_pipelined_request_after_a_big_body_is_not_taken_for_long_headers(
+    server: ServerThread,
+) -> None:
+    """The cap counts the bytes of a request's own headers, not the body before it in a read."""
+    body = SMALL_BODY + b" " * 40_000  # ten times the header cap, in the same read
+    first = (
+        b"POST /v1/topk HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    second = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-A: 1\r\n\r\n"
+    with connect(server) as client:
+        client.sendall(first + second[:20])
+        time.sleep(0.1)
+        client.sendall(second[20:])
+        answers = read_responses(client, 2)
+    assert [status for status, _, _ in answers] == [200, 200], answers
+
+
 def test_beyond_the_connection_cap_probes_answer_other_requests_get_503(
     server: ServerThread,
 ) -> None:
