@@ -161,7 +161,7 @@ class Settings(BaseModel):
         ),
     )
     big_body_share: float = Field(
-        0.25,
+        0.15,
         gt=0,
         le=1,
         description=(

@@ -2,10 +2,11 @@
 
 JSON parsing holds the GIL: a 256 × 1024 ``/v1/topk`` body (2.2 MB) takes ~23 ms of it (orjson,
 then NumPy from Python floats), during which the event loop, which reads, checks and answers
-every small request, waits. Measured on 2 CPUs (bench/mixed.py): 64 clients of such bodies beside
-256 clients of 1 × 64 requests took ~45 % of the loop's time, and small requests fell to 24 % of
-their throughput alone; with the big bodies' thread resting so that it holds at most a quarter of
-the time, they kept 49 %.
+every small request, waits. Measured on 2 shared CPUs (bench/mixed.py: 64 clients of such bodies
+beside 256 clients of 1 × 64 requests): decoding flat out, the small requests kept 17–24 % of their
+throughput alone; with the big bodies' thread held to a share of the time, 52 % and 52 % at 0.25,
+62 % and 66 % at 0.1 (same run; the big requests served fell from 8.5/s to 4.2/s). Running XLA on
+one thread instead changed nothing (51 %, 62 %): the GIL, not the cores, is what the loop lacks.
 
 So big bodies take turns on one thread (several threads would each take the loop's turn), and
 while small requests are arriving (one in the last :data:`SMALL_TRAFFIC_WINDOW_S`), that thread
