@@ -303,7 +303,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="every phase this many times")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     arguments = parser.parse_args()
-    load_before = " ".join(os.getloadavg().__repr__().strip("()").split(", "))
+    load_before = " ".join(f"{value:.1f}" for value in os.getloadavg())
     results = asyncio.run(run(arguments.duration, arguments.baseline, arguments.rounds))
     section = report(results, arguments.duration, load_before, admit_microseconds())
     print(section)
