@@ -6,10 +6,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 LOAD_ARGS ?= --scenario mixed --duration 60
+SOAK_ARGS ?= --duration 600
 
 FUZZ_EXAMPLES ?= 400
 
-.PHONY: install run test test-slow lint format bench bench-service load fuzz openapi clean
+.PHONY: install run test test-slow lint format bench bench-service load soak fuzz openapi clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,9 @@ bench-service: install
 
 load: install
 	JAX_PLATFORMS=cpu $(PY) load/run.py $(LOAD_ARGS)
+
+soak: install
+	JAX_PLATFORMS=cpu $(PY) load/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -147,7 +147,12 @@ class Target:
 
 
 def start_service(
-    name: str, batching: bool, cache: Path, root: Path = ROOT, grpc: bool = True
+    name: str,
+    batching: bool,
+    cache: Path,
+    root: Path = ROOT,
+    grpc: bool = True,
+    extra: dict[str, str] | None = None,
 ) -> Target:
     port = free_port()
     grpc_port = free_port() if grpc else None
@@ -162,7 +167,10 @@ def start_service(
         "TOPK_LOG_LEVEL": "warning",
         # A baseline older than gRPC would refuse the setting: it gets none.
         **({"TOPK_GRPC_PORT": str(grpc_port)} if grpc_port is not None else {}),
+        **(extra or {}),
     }
+    if root == ROOT:  # stop at once (no load balancer to warn); a baseline tree may not know it
+        environment.setdefault("TOPK_DRAIN_DELAY_S", "0")
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, cwd=root, env=environment)
     return Target(name, process, port, "/v1/topk", grpc_port)

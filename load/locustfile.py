@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ P95_BUDGET_MS = {
     "PruningUser": 3000,
     "ClassificationUser": 1000,
     "MixedUser": 3000,
+    "SoakUser": 5000,
 }
 DEFAULT_P95_BUDGET_MS = 3000
 
@@ -130,6 +132,8 @@ class TopKUser(FastHttpUser):
         with self.rest("POST", "/v1/topk", name=name, **payload) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                if response.status_code == 503:  # what a well-behaved client does
+                    time.sleep(float(response.headers.get("retry-after") or 1))
                 return
             problem = _check_rows(response.js, request, exact_k)
             if problem:
@@ -184,6 +188,65 @@ class MixedUser(TopKUser):
     @task(1)
     def prune(self) -> None:
         self.pruning_vector()
+
+
+def _small_request() -> dict[str, Any]:
+    return {"x": _rows(1, 64), "k": 2}
+
+
+def _medium_request() -> dict[str, Any]:
+    return {"x": _rows(32, 64), "k": [random.randint(1, 8) for _ in range(32)]}
+
+
+def _big_request() -> dict[str, Any]:
+    return {"x": _rows(256, 1024), "k": 8}  # ~5 MB of JSON (17-digit floats), a full batch
+
+
+# Requests a client gets wrong, with the status and the field the answer must name.
+BAD_REQUESTS: tuple[tuple[str, bytes, str, int, str], ...] = (
+    ("bad: truncated JSON", b'{"x": [[1.0, 2.0', "application/json", 422, "body"),
+    ("bad: k > n", b'{"x": [[1.0, 2.0]], "k": 3}', "application/json", 422, "k"),
+    ("bad: NaN", b'{"x": [[1.0, NaN]], "k": 1}', "application/json", 422, "x[0][1]"),
+    ("bad: extra field", b'{"x": [[1.0]], "k": 1, "kk": 1}', "application/json", 422, "kk"),
+    ("bad: content type", b'{"x": [[1.0]], "k": 1}', "text/plain", 415, "content-type"),
+)
+
+
+class SoakUser(TopKUser):
+    """Hours of a shared service: mostly small requests, some batches, a rare big body (a full
+    256 × 1024 batch, ~5 MB of JSON), and clients that get it wrong (each must get its 4xx naming
+    the field). A 503 is a failure, after which the user waits its ``Retry-After`` as a
+    well-behaved client does (so a saturation probe measures what is served, not how fast
+    refusals come back)."""
+
+    @task(40)
+    def small(self) -> None:
+        request, body = _pooled("small", _small_request)
+        self.post_topk("small 1x64", request, body=body)
+
+    @task(8)
+    def medium(self) -> None:
+        request, body = _pooled("medium", _medium_request)
+        self.post_topk("batch 32x64", request, body=body)
+
+    @task(1)
+    def big(self) -> None:
+        request, body = _pooled("big", _big_request, size=2)
+        self.post_topk("big 256x1024", request, body=body)
+
+    @task(4)
+    def bad(self) -> None:
+        name, body, content_type, status, field = random.choice(BAD_REQUESTS)
+        headers = {"content-type": content_type}
+        with self.rest("POST", "/v1/topk", name=name, data=body, headers=headers) as response:
+            if response.status_code != status:
+                response.failure(f"expected {status}, got {response.status_code}")
+                return
+            fields = [e.get("field") for e in (response.js or {}).get("errors", [])]
+            if field not in fields:
+                response.failure(f"the answer names {fields}, not {field!r}")
+            else:
+                response.success()
 
 
 def p95_budget_ms(user_classes: list[type]) -> float:

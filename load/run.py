@@ -34,6 +34,7 @@ USER_CLASSES = {
     "pruning": "PruningUser",
     "classification": "ClassificationUser",
     "mixed": "MixedUser",
+    "soak": "SoakUser",
 }
 PRUNING_N = 131072  # ≥ 10^5 yet small enough for a shared 2-core box; LOAD_PRUNING_N overrides
 
@@ -65,6 +66,11 @@ SERVER_ENV = {
         "TOPK_WARMUP_ROW_BUCKETS": "64,128,256",
         "TOPK_WARMUP_N_BUCKETS": "16,32,64",
         "TOPK_WARMUP_OPERATORS": "sparse,hard",
+    },
+    # load/soak.py: small, batched and big (256 × 1024) sparse requests; batches of any size.
+    "soak": {
+        "TOPK_WARMUP_N_BUCKETS": "64,1024",
+        "TOPK_WARMUP_OPERATORS": "sparse",
     },
 }
 
@@ -99,6 +105,7 @@ def server_environment(scenario: str, pruning_n: int) -> dict[str, str]:
     env["TOPK_MAX_N"] = str(max(pruning_n, 4096))
     env["TOPK_MAX_K"] = str(max(pruning_n, 4096))
     env["TOPK_GRPC_PORT"] = ""  # HTTP load only: no gRPC port to collide with another server's
+    env["TOPK_DRAIN_DELAY_S"] = "0"  # no load balancer to warn: stop at once
     for name, value in SERVER_ENV[scenario].items():
         env[name] = value.format(pruning_n=pruning_n)
     for name, value in os.environ.items():  # an explicit TOPK_* of the caller wins

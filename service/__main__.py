@@ -1,18 +1,24 @@
 """``python -m service --host 127.0.0.1 --port 8000``: one uvicorn process (one per device).
 
 Configuration comes from ``TOPK_*`` environment variables; ``--host``/``--port``/``--log-level``
-override them. On SIGINT/SIGTERM readiness turns false at once, then uvicorn stops accepting,
-finishes in-flight requests (up to ``--graceful-timeout`` seconds) and the lifespan stops gRPC
-(``TOPK_GRPC_PORT``, served by the same process on the same event loop) and drains the queue.
+override them. Every connection goes through the connection guard (service/ingress/guard.py).
+
+Stopping, as a load balancer needs it (Kubernetes: endpoints are removed while the pod is told to
+stop, and proxies learn it late): on SIGTERM readiness turns false at once while the server keeps
+serving for ``TOPK_DRAIN_DELAY_S`` seconds; then uvicorn stops accepting, closes idle connections
+and finishes every request it has received (up to ``--graceful-timeout`` seconds), the lifespan
+stops gRPC (``TOPK_GRPC_PORT``, same process, same event loop) and drains the batcher's queue, and the process exits 0. SIGINT (Ctrl-C), or a second signal, skips
+the delay.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -20,30 +26,42 @@ from typing import Any
 import uvicorn
 
 from service.app import create_app
-from service.ingress.asgi import TopKApp
+from service.ingress.guard import ensure_descriptors
+from service.ingress.protocol import http_protocol
 from service.runtime import ServiceRuntime
 from service.settings import Settings
 
 
-def _http(app: TopKApp, settings: Settings) -> type[asyncio.Protocol] | str:
-    """uvicorn's ``http`` setting: the protocol gate (imported only when it is on), or uvicorn's."""
-    if settings.http_protocol == "uvicorn":
-        return "auto"
-    from service.ingress.protocol import http_protocol
-
-    return http_protocol(app)
-
-
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server that flips readiness to false before it starts shutting down."""
+    """A uvicorn server that turns readiness false, keeps serving ``delay`` seconds after a
+    SIGTERM, and only then shuts down."""
 
-    def __init__(self, config: uvicorn.Config, runtime: ServiceRuntime) -> None:
+    def __init__(self, config: uvicorn.Config, runtime: ServiceRuntime, delay: float) -> None:
         super().__init__(config)
         self.runtime = runtime
+        self.delay = delay
+        self._stop_at: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.runtime.begin_drain()
+        if sig == signal.SIGTERM and self.delay > 0 and self._stop_at is None:
+            # Still serving: main_loop's tick (every 0.1 s) stops the server when the time comes.
+            self._captured_signals.append(sig)
+            self._stop_at = time.monotonic() + self.delay
+            return
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def _exit_cleanly(_sig: int, _frame: FrameType | None) -> None:
+    """SIGTERM's handler outside uvicorn's: uvicorn re-raises the signal it caught once it has
+    drained, into this handler, so a drained server exits 0 (not 143); before uvicorn runs, it
+    stops the process the same way."""
+    raise SystemExit(0)
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -74,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         if value is not None
     }
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     settings = Settings.from_env(**overrides)
     if arguments.print_openapi:
         document = create_app(settings).openapi()
@@ -85,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The event loop holds the GIL most of the time under load; the device thread needs it only
     # for microseconds per batch but would wait up to the default 5 ms switch interval for it.
     sys.setswitchinterval(0.0005)
+    ensure_descriptors(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -94,10 +114,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         access_log=arguments.access_log,
         lifespan="on",  # a failing start-up must stop the process, not be ignored
         timeout_graceful_shutdown=arguments.graceful_timeout,
-        timeout_keep_alive=75,  # above common proxy idle timeouts (60 s), so no stray 502s
-        http=_http(app, settings),
+        # Above proxies' idle timeouts (no stray 502s); uvicorn types it int, call_later takes any.
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        http=http_protocol(app),
     )
-    DrainingServer(config, app.state.runtime).run()
+    DrainingServer(config, app.runtime, settings.drain_delay_s).run()
 
 
 if __name__ == "__main__":

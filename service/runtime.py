@@ -45,6 +45,11 @@ class ServiceRuntime:
         return self.state == "ready"
 
     @property
+    def queue_full(self) -> bool:
+        """Whether the batcher would refuse any request now (False before it starts)."""
+        return self._batcher is not None and self._batcher.full
+
+    @property
     def engine(self) -> Engine:
         if self._engine is None:
             raise RuntimeError("the engine starts with the app's lifespan")
@@ -77,6 +82,7 @@ class ServiceRuntime:
             max_batch_rows=s.max_batch_rows,
             max_delay=s.max_queue_delay_ms / 1000.0,
             max_queued=s.max_queued_requests,
+            max_queued_cost=s.max_queued_elements,
             max_concurrent_batches=s.max_concurrent_batches,
             batching=s.batching,
             observe_wait=self.metrics.queue_seconds.observe,
@@ -108,7 +114,8 @@ class ServiceRuntime:
             await asyncio.shield(self._warmup)
 
     def begin_drain(self) -> None:
-        """Readiness goes false first, so that load balancers stop routing here."""
+        """Readiness goes false first, so that load balancers stop routing here; requests are
+        still taken until the batcher closes (see ``python -m service``)."""
         if self.state != "stopped":
             self.state = "draining"
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from api.limits import Limits
 
@@ -25,6 +25,48 @@ def _powers_of_two(low: int, high: int) -> tuple[int, ...]:
     return tuple(
         2**e for e in range(low.bit_length() - 1, high.bit_length()) if low <= 2**e <= high
     )
+
+
+# The largest /v1 JSON body the size limits allow: x, tangent and cotangent (three matrices of
+# max_rows × max_n numbers), each number written as the longest float64 literal (24 characters,
+# e.g. -2.2250738585072014e-308) plus the ", " that Python's json.dumps puts between numbers, and
+# 64 KiB for the rest (brackets, k and epsilon per row, the other fields).
+JSON_NUMBER_BYTES = 24 + 2
+JSON_MATRICES = 3
+JSON_SLACK_BYTES = 64 * 1024
+
+
+def json_body_bytes(max_rows: int, max_n: int) -> int:
+    """The default body cap: 3 × max_rows × max_n × 26 + 64 KiB (81,854,464 at 256 × 4096)."""
+    return JSON_MATRICES * max_rows * max_n * JSON_NUMBER_BYTES + JSON_SLACK_BYTES
+
+
+def _with_file(keys: tuple[SecretStr, ...], path: str, name: str) -> tuple[SecretStr, ...]:
+    """``keys`` and those of the file at ``path`` (one per line; blank lines and # comments skipped).
+
+    A key is printable ASCII without spaces (an HTTP token): anything else could never be sent
+    in an Authorization header, so it is refused here rather than never matching. No error says
+    what a key is."""
+    found = [(name, key) for key in keys]
+    if path:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as error:
+            raise ValueError(f"{name}_file: cannot read {path!r} ({error.strerror})") from None
+        keyed = [line.strip() for line in lines if line.strip()[:1] not in ("", "#")]
+        found += [(f"{name}_file", SecretStr(line)) for line in keyed]
+    for number, (source, key) in enumerate(found, start=1):
+        secret = key.get_secret_value()
+        if not secret or not all(33 <= ord(c) <= 126 for c in secret):
+            raise ValueError(f"{source}: key {number} is not printable ASCII without spaces")
+    return tuple(key for _, key in found)
+
+
+def _secrets(raw: str) -> tuple[SecretStr, ...]:
+    return tuple(SecretStr(part.strip()) for part in raw.split(",") if part.strip())
+
+
+SECRET_SETTINGS = ("api_keys", "metrics_api_keys")  # read masked, so no error message shows them
 
 
 def default_cache_dir() -> str:
@@ -51,7 +93,14 @@ class Settings(BaseModel):
     max_rows: int = Field(256, ge=1, description="Most rows in one request (413 beyond).")
     max_n: int = Field(4096, ge=1, description="Longest row of a request (413 beyond).")
     max_k: int = Field(4096, ge=1, description="Largest k (422 beyond).")
-    max_body_bytes: int = Field(64 * 2**20, ge=1024, description="Largest body (413 beyond).")
+    max_body_bytes: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Largest body (413 beyond). 0: the largest /v1 JSON body the size limits allow,"
+            " derived from max_rows and max_n (see json_body_bytes)."
+        ),
+    )
     p_values: tuple[float, ...] = Field(
         (4 / 3, 1.5, 2.0), description="p values the sparse operator accepts (each compiles apart)."
     )
@@ -115,6 +164,91 @@ class Settings(BaseModel):
         ),
     )
 
+    max_queued_elements: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Work bound of one batch key's queue, in padded entries (rows × n bucket); 503 beyond."
+            " 0: 8 full batches of the longest rows (8 × max_batch_rows × max_n)."
+        ),
+    )
+    max_body_bytes_in_flight: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Memory budget of the bodies above 64 KiB being read, queued or answered; a body that"
+            " would exceed it gets 503 on its Content-Length, before it is read (one body is always"
+            " let through). 0: max_body_bytes."
+        ),
+    )
+    big_body_share: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description=(
+            "Most of the time the thread decoding bodies above 64 KiB may take while small requests"
+            " are arriving (JSON decoding holds the GIL the event loop needs); 1: no limit."
+        ),
+    )
+
+    # The connection guard (service/ingress/guard.py; python -m service only).
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request line plus headers (431 beyond)."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Longest time from a connection's opening, or a request's first byte, to the end of"
+            " its headers (408, then the connection is closed)."
+        ),
+    )
+    body_idle_timeout_s: float = Field(
+        10.0, gt=0, description="Longest pause between two reads of a request body (408, closed)."
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Longest time to read a whole body after its headers (408, closed)."
+    )
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="Idle time a kept-alive connection is held between requests (above proxies' 60 s).",
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description=(
+            "Open connections served in full. Beyond it a connection may ask one probe"
+            " (/healthz, /readyz, /v2/health/*, /metrics) and gets 503 for anything else."
+        ),
+    )
+    probe_connections: int = Field(
+        32,
+        ge=0,
+        description="Connections beyond max_connections kept for probes; beyond both, closed at once.",
+    )
+
+    drain_delay_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "On SIGTERM: seconds readiness is false while the server keeps serving (load balancers"
+            " stop routing meanwhile), before it stops accepting and drains."
+        ),
+    )
+    api_keys: tuple[SecretStr, ...] = Field(
+        (),
+        description=(
+            "Bearer keys, comma separated: when any is set (here or in api_keys_file), every"
+            " /v1 and /v2 route but the health probes needs 'Authorization: Bearer <key>'."
+        ),
+    )
+    api_keys_file: str = Field("", description="A file of bearer keys, one per line (# comments).")
+    metrics_api_keys: tuple[SecretStr, ...] = Field(
+        (), description="Bearer keys of GET /metrics, comma separated (none: /metrics is open)."
+    )
+    metrics_api_keys_file: str = Field("", description="A file of /metrics keys, one per line.")
+
     warmup_operators: tuple[str, ...] = Field(
         ("sparse", "hard"), description="Operators compiled at start-up (e.g. sparse, hard, soft)."
     )
@@ -167,6 +301,11 @@ class Settings(BaseModel):
     def _empty_is_off(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator(*SECRET_SETTINGS, mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        return _secrets(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         for name in ("row_buckets", "n_buckets"):
@@ -183,6 +322,20 @@ class Settings(BaseModel):
             warm = getattr(self, f"warmup_{name}_buckets")
             if warm is not None and not set(warm) <= set(ladder):
                 raise ValueError(f"warmup_{name}_buckets must be a subset of {name}_buckets")
+        body = self.max_body_bytes or json_body_bytes(self.max_rows, self.max_n)
+        if body < 1024:
+            raise ValueError("max_body_bytes must be at least 1024 (or 0: derived)")
+        derived: dict[str, object] = {
+            "max_body_bytes": body,
+            "max_body_bytes_in_flight": self.max_body_bytes_in_flight or body,
+            "max_queued_elements": self.max_queued_elements or 8 * self.max_batch_rows * self.max_n,
+            "api_keys": _with_file(self.api_keys, self.api_keys_file, "api_keys"),
+            "metrics_api_keys": _with_file(
+                self.metrics_api_keys, self.metrics_api_keys_file, "metrics_api_keys"
+            ),
+        }
+        for name, value in derived.items():  # frozen: filled in once, here
+            object.__setattr__(self, name, value)
         return self
 
     @property
@@ -207,6 +360,10 @@ class Settings(BaseModel):
             max_k=self.max_k,
             max_body_bytes=self.max_body_bytes,
             max_batch_rows=self.max_batch_rows,
+            max_header_bytes=self.max_header_bytes,
+            body_idle_timeout_s=self.body_idle_timeout_s,
+            keep_alive_s=self.keep_alive_s,
+            authenticated=bool(self.api_keys),
         )
 
     @classmethod
@@ -222,7 +379,7 @@ class Settings(BaseModel):
         for name in cls.model_fields:
             raw = ours.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[name] = raw
+                values[name] = _secrets(raw) if name in SECRET_SETTINGS else raw
         unknown = sorted(
             key for key in ours if key[len(ENV_PREFIX) :].lower() not in cls.model_fields
         )

@@ -18,16 +18,18 @@ from fastapi.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from service.errors import ApiError
-from service.ingress.gate import Endpoint, Ingress, Reply, error_reply
+from service.ingress.budget import Reservation
+from service.ingress.gate import INLINE_BYTES, Endpoint, Ingress, Reply, error_reply
 from service.ingress.headers import RequestHeaders
 from service.runtime import ServiceRuntime
 
 
 async def _read_body(
-    receive: Receive, limit: int, ingress: Ingress, endpoint: Endpoint
+    receive: Receive, limit: int, ingress: Ingress, endpoint: Endpoint, held: Reservation
 ) -> bytes | None:
     """The whole body (None: the client left first); ``ApiError(413)`` as soon as it is known to
-    exceed ``limit`` bytes — ``Content-Length`` alone is not enough (a chunked body has none)."""
+    exceed ``limit`` bytes — ``Content-Length`` alone is not enough (a chunked body has none) —
+    and 503 as soon as a body without one passes the bodies' budget (``held`` grows with it)."""
     chunks: list[bytes] = []
     received = 0
     while True:
@@ -38,6 +40,12 @@ async def _read_body(
         received += len(chunk)
         if received > limit:
             raise ingress.too_large(endpoint, f"more than {limit}")
+        if received > INLINE_BYTES and not held.grow(received):
+            budget = ingress.bodies
+            why = (
+                f"{budget.held} bytes of bodies are being read or answered (budget {budget.limit})"
+            )
+            raise ingress.unavailable("body_budget", why)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -52,13 +60,19 @@ async def answer(
     refused = ingress.admit(endpoint, headers)
     if refused is not None:
         return ingress.refuse(endpoint, refused, started)
+    length = headers.length
+    held = ingress.bodies.reserve(length if length is not None and length > INLINE_BYTES else 0)
     try:
-        body = await _read_body(receive, ingress.runtime.settings.max_body_bytes, ingress, endpoint)
-    except ApiError as error:
-        return ingress.refuse(endpoint, error, started)
-    if body is None:
-        return None
-    return await ingress.serve(endpoint, headers, body, receive)
+        try:
+            limit = ingress.runtime.settings.max_body_bytes
+            body = await _read_body(receive, limit, ingress, endpoint, held)
+        except ApiError as error:
+            return ingress.refuse(endpoint, error, started)
+        if body is None:
+            return None
+        return await ingress.serve(endpoint, headers, body, receive)
+    finally:
+        held.release()
 
 
 async def _send(send: Send, reply: Reply) -> None:
@@ -85,12 +99,18 @@ class TopKApp(FastAPI):
         return ingress
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.ingress.endpoint(scope["path"])
-            if endpoint is not None:
-                reply = await answer(self.ingress, endpoint, scope, receive)
-                if reply is not None:
-                    await _send(send, reply)
+        if scope["type"] == "http":
+            ingress = self.ingress
+            if scope["method"] == "POST":
+                endpoint = ingress.endpoint(scope["path"])
+                if endpoint is not None:  # the ingress judges its credentials with its headers
+                    reply = await answer(ingress, endpoint, scope, receive)
+                    if reply is not None:
+                        await _send(send, reply)
+                    return
+            refused = ingress.authorize(scope["path"], scope["headers"])
+            if refused is not None:
+                await _send(send, error_reply(refused))
                 return
         await super().__call__(scope, receive, send)
 

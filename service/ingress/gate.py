@@ -11,8 +11,10 @@ codec: one parse, whether the body is accepted or refused) and queues its work u
 maps the reason it has none to a status. Every answer is counted here, by route, operator and
 status.
 
-Overload answers are decided here too: 503 with ``Retry-After`` when the queue is full, the server
-is draining or a kernel is not warm; 504 when the request's deadline passes while it is still
+Overload answers are decided here too: 503 with ``Retry-After`` when the queue is full (by count,
+or by the work queued under the request's key), when the bodies in flight would pass their memory
+budget (:mod:`service.ingress.budget`, judged on ``Content-Length`` before the body is read), when
+the server is stopping or a kernel is not warm; 504 when the request's deadline passes while it is still
 queued (Triton's queue timeout, ``REJECT`` action). A client that disconnects while its request
 waits has the request taken out of the queue, so no device time is spent on an answer nobody
 reads (status 499, counted, never sent).
@@ -24,6 +26,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -37,11 +40,14 @@ from service.device.batcher import BatcherClosed, DeadlineExceeded, QueueFull
 from service.device.engine import BucketNotWarm
 from service.device.work import WorkUnit
 from service.errors import ApiError
+from service.ingress.auth import BearerKeys, authorization_of, scope_of
+from service.ingress.budget import BodyBudget
 from service.ingress.checks import Checks, field_error
 from service.ingress.headers import TIMEOUT_HEADER, RequestHeaders
 from service.ingress.oip_codec import OipCodec, split_body
 from service.ingress.oip_model import OipModel, OipReply, summarised
 from service.ingress.oip_model import invalid as oip_invalid
+from service.ingress.pacing import BigBodyThread
 from service.ingress.v1_reader import V1Reader
 from service.ingress.v1_writer import dense_json, topk_json
 from service.runtime import ServiceRuntime
@@ -181,8 +187,18 @@ class Ingress:
         self.checks = Checks(runtime.settings, runtime.operators)
         self.models = {name: OipModel(self.checks, name, runtime.operators) for name in MODELS}
         self.endpoints = _endpoints(self.checks, self.models)
-        self._max_body = runtime.settings.max_body_bytes
-        self._timeout_ms = runtime.settings.request_timeout_ms
+        settings = runtime.settings
+        self._max_body = settings.max_body_bytes
+        self._timeout_ms = settings.request_timeout_ms
+        self.api_keys = BearerKeys(settings.api_keys)
+        self.metrics_keys = BearerKeys(settings.metrics_api_keys)
+        self.bodies = BodyBudget(settings.max_body_bytes_in_flight)
+        runtime.metrics.body_bytes_in_flight.set_function(lambda: self.bodies.held)
+        self.big_bodies = BigBodyThread(settings.big_body_share)
+
+    @property
+    def max_body(self) -> int:
+        return self._max_body
 
     def endpoint(self, path: str) -> Endpoint | None:
         """The inference endpoint of ``path`` (None: not an inference route)."""
@@ -208,7 +224,13 @@ class Ingress:
     # ------------------------------------------------------------------ the steps
 
     def admit(self, endpoint: Endpoint, headers: RequestHeaders) -> ApiError | None:
-        """The headers' verdict before any of the body is read (None: read it)."""
+        """The headers' verdict before any of the body is read (None: read it): 401, 415, 413,
+        400, or 503 when the queue or the bodies' budget is full (counted; each refusal is
+        answered once)."""
+        if self.api_keys:
+            refused = self.api_keys.refusal(headers.authorization)
+            if refused is not None:
+                return summarised(refused) if isinstance(endpoint, OipEndpoint) else refused
         if headers.encoding != "identity":
             reason = f"{headers.encoding!r} is not supported; send the body uncompressed"
             return self._field(endpoint, "content-encoding", reason, 415)
@@ -218,9 +240,31 @@ class Ingress:
         if headers.length_text is not None and headers.length is None:
             reason = f"not a byte count: {headers.length_text!r}"
             return self._field(endpoint, "content-length", reason, 400)
-        if headers.length is not None and headers.length > self._max_body:
-            return self.too_large(endpoint, str(headers.length))
+        length = headers.length
+        if length is not None and length > self._max_body:
+            return self.too_large(endpoint, str(length))
+        if length is not None and length > INLINE_BYTES and not self.bodies.fits(length):
+            why = (
+                f"{self.bodies.held} bytes of bodies are being read or answered; this one's"
+                f" {length} would pass the budget of {self.bodies.limit}"
+            )
+            return self.unavailable("body_budget", why)
+        runtime = self.runtime
+        if runtime.queue_full:
+            why = f"{runtime.batcher.depth} requests queued (max {runtime.settings.max_queued_requests})"
+            return self.unavailable("queue_full", why)
         return None
+
+    def authorize(self, path: str, raw_headers: Iterable[tuple[bytes, bytes]]) -> ApiError | None:
+        """The 401 of a request to a non-inference route that needs a key it lacks (else None)."""
+        scope = scope_of(path)
+        keys = self.api_keys if scope == "api" else self.metrics_keys if scope else None
+        if not keys:
+            return None
+        refused = keys.refusal(authorization_of(raw_headers))
+        if refused is not None:
+            self.runtime.metrics.refuse("http_401")
+        return refused
 
     def too_large(self, endpoint: Endpoint, seen: str) -> ApiError:
         reason = f"the body is {seen} bytes; at most {self._max_body}"
@@ -252,12 +296,15 @@ class Ingress:
     ) -> Pending:
         """Queue ``work``; ``ApiError`` (503) at once when it cannot be."""
         runtime = self.runtime
-        if runtime.state in ("draining", "stopped", "starting"):
+        # Draining (readiness false) still serves: what arrives meanwhile is answered, until the
+        # batcher closes, after uvicorn has stopped accepting and every connection has finished.
+        if runtime.state in ("stopped", "starting"):
             why = "starting" if runtime.state == "starting" else "shutting down"
             raise self.unavailable("draining", f"the server is {why}")
         answer_plan, timeout = plan
         try:
-            future = runtime.batcher.enqueue(work.key, work, work.rows, timeout)
+            rows = work.rows
+            future = runtime.batcher.enqueue(work.key, work, rows, timeout, rows * work.key.n)
         except QueueFull as error:
             raise self.unavailable("queue_full", str(error)) from None
         except BatcherClosed as error:
@@ -268,6 +315,7 @@ class Ingress:
         self, endpoint: Endpoint, headers: RequestHeaders, body: bytes, started: float
     ) -> Reply | Pending:
         """Decode and queue a body on the event loop (small bodies); a refusal is a Reply."""
+        self.big_bodies.small_seen = started
         try:
             work, plan = self.decode(endpoint, headers, body)
             return self.enqueue(endpoint, work, plan, started)
@@ -353,11 +401,15 @@ class Ingress:
         encoded off the event loop; None when the client left before its answer (499)."""
         started = time.perf_counter()
         big = len(body) > INLINE_BYTES
+        loop = asyncio.get_running_loop()
         try:
             if big:
-                loop = asyncio.get_running_loop()
-                work, plan = await loop.run_in_executor(None, self.decode, endpoint, headers, body)
+                big_bodies = self.big_bodies
+                work, plan = await loop.run_in_executor(
+                    big_bodies.executor, big_bodies.run, self.decode, endpoint, headers, body
+                )
             else:
+                self.big_bodies.small_seen = started
                 work, plan = self.decode(endpoint, headers, body)
             pending = self.enqueue(endpoint, work, plan, started)
         except ApiError as error:
@@ -370,7 +422,10 @@ class Ingress:
             self.gone(pending)
             return None
         if big:
-            return await asyncio.get_running_loop().run_in_executor(None, self.finish, pending)
+            big_bodies = self.big_bodies
+            return await loop.run_in_executor(
+                big_bodies.executor, big_bodies.run, self.finish, pending
+            )
         return self.finish(pending)
 
     # ------------------------------------------------------------------ the message side

@@ -75,6 +75,17 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             context.set_trailing_metadata(((PUSHBACK, str(seconds * 1000)),))
         await context.abort(status_code(error.status), error.body.error)
 
+    async def _authorized(self, context: Any) -> None:
+        """As over HTTP: with TOPK_API_KEYS set, every RPC but the health ones needs the metadata
+        ``authorization: Bearer <key>`` (UNAUTHENTICATED otherwise)."""
+        keys = self.ingress.api_keys
+        if not keys:
+            return
+        given = dict(context.invocation_metadata() or ()).get("authorization")
+        refused = keys.refusal(None if given is None else str(given).encode("latin-1"))
+        if refused is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refused.body.error)
+
     async def _model(self, name: str, version: str, context: Any) -> OipModel:
         model = self.ingress.oip_model(name)
         if model is None:
@@ -98,26 +109,31 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         await self._model(request.name, request.version, context)
         return pb.ModelReadyResponse(ready=self.ingress.runtime.ready)
 
-    async def ServerMetadata(self, _request: Any, _context: Any) -> Any:
+    async def ServerMetadata(self, _request: Any, context: Any) -> Any:
+        await self._authorized(context)
         return pb.ServerMetadataResponse(
             name=self.name, version=self.version, extensions=["model_configuration"]
         )
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        await self._authorized(context)
         model = await self._model(request.name, request.version, context)
         return json_format.ParseDict(model.metadata(), pb.ModelMetadataResponse())
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
+        await self._authorized(context)
         model = await self._model(request.name, request.version, context)
         return json_format.ParseDict({"config": model.config()}, pb.ModelConfigResponse())
 
-    async def RepositoryIndex(self, request: Any, _context: Any) -> Any:
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        await self._authorized(context)
         index = self.ingress.repository_index(ready_only=request.ready)
         return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
 
     # ------------------------------------------------------------------ inference
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        await self._authorized(context)
         endpoint = self.endpoints.get(request.model_name)
         if endpoint is None or not endpoint.model.served:
             await self._model(request.model_name, request.model_version, context)

@@ -14,9 +14,13 @@ _HEADER_LENGTH = b"inference-header-content-length"
 
 
 class RequestHeaders:
-    """Content length, type and encoding, the request timeout and the OIP framing header."""
+    """Content length, type and encoding, the request timeout, the OIP framing header and the
+    credentials."""
 
-    __slots__ = ("length", "length_text", "media_type", "encoding", "timeout", "header_length")
+    __slots__ = (
+        "length", "length_text", "media_type", "encoding", "timeout", "header_length",
+        "authorization",
+    )  # fmt: skip
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         self.length: int | None = None  # None: absent, or not a byte count (see length_text)
@@ -25,6 +29,7 @@ class RequestHeaders:
         self.encoding = "identity"
         self.timeout: str | None = None
         self.header_length: str | None = None
+        self.authorization: bytes | None = None
         for name, value in raw:
             if name == b"content-length":
                 self.length_text = value.decode("latin-1")
@@ -37,6 +42,8 @@ class RequestHeaders:
                 self.timeout = value.decode("latin-1")
             elif name == _HEADER_LENGTH:
                 self.header_length = value.decode("latin-1")
+            elif name == b"authorization":
+                self.authorization = value
 
     @property
     def json(self) -> bool:

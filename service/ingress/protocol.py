@@ -8,14 +8,20 @@ changed: a ``POST`` to an inference route (``/v1/...`` or an OIP ``/v2/models/<m
 whose headers the ingress admits, with a body of at most 64 KiB, is held instead of being given a
 task; when its body is complete, :meth:`~service.ingress.gate.Ingress.start` reads and queues it
 from the parser's callback (or refuses it: a refused body is parsed once, here), and the answer is
-written to the transport from its future's callback. Parsing, keep-alive, pipelining, flow
-control, shutdown and the access log stay uvicorn's. Anything else (another route, a bigger or
-chunked body, ``Expect: 100-continue``, a pipelined request, headers the ingress refuses) starts
-uvicorn's ASGI task as usual, and the ASGI gate (:mod:`service.ingress.asgi`) answers it.
+written to the transport from its future's callback. A request whose headers the ingress refuses
+(401, 413, 415, a 503 of a full queue or of the bodies' budget), whatever its size, is answered
+at once, from its headers: its body, if it may be read at all (at most the body cap), is dropped
+by the parser and the connection kept; otherwise the connection is closed after the answer.
+Parsing, keep-alive, pipelining, flow control, shutdown and the access log stay uvicorn's.
+Anything else (another route, an admitted bigger or chunked body, ``Expect: 100-continue``, a
+pipelined request) starts uvicorn's ASGI task as usual, and the ASGI gate
+(:mod:`service.ingress.asgi`) answers it.
 
 The hook is uvicorn's ``HttpToolsProtocol._start_asgi_task`` (uvicorn >= 0.48, the range pinned in
-pyproject.toml). This module is imported only by ``python -m service`` when
-``TOPK_HTTP_PROTOCOL`` is on: the ASGI app runs under plain uvicorn without it.
+pyproject.toml). :class:`TopKHttpProtocol` is a :class:`~service.ingress.guard.GuardedHttpProtocol`
+(timeouts, header and connection caps); ``python -m service`` runs it when
+``TOPK_HTTP_PROTOCOL=topk``, and the guard alone (every request through the ASGI gate) when it is
+``uvicorn``.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from service.errors import ApiError
 from service.ingress.asgi import TopKApp
 from service.ingress.gate import INLINE_BYTES, Endpoint, Pending, Reply
+from service.ingress.guard import GuardedHttpProtocol, guarded
 from service.ingress.headers import RequestHeaders
 
 log = logging.getLogger(__name__)
@@ -41,7 +49,7 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
 
 
-class TopKHttpProtocol(HttpToolsProtocol):
+class TopKHttpProtocol(GuardedHttpProtocol):
     """One connection; ``topk_app`` is set on the subclass :func:`http_protocol` makes."""
 
     topk_app: ClassVar[TopKApp]
@@ -55,6 +63,7 @@ class TopKHttpProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         if (
             app is self.app  # not uvicorn's 503 app for an exceeded concurrency limit
+            and not self._over_cap  # beyond the connection cap: the guard answers
             and cycle is self.cycle  # not a pipelined request started late
             and cycle.more_body
             and not cycle.waiting_for_100_continue
@@ -64,14 +73,31 @@ class TopKHttpProtocol(HttpToolsProtocol):
             endpoint = ingress.endpoint(cycle.scope["path"])
             if endpoint is not None:
                 headers = RequestHeaders(cycle.scope["headers"])
-                if (
-                    headers.length is not None
-                    and headers.length <= INLINE_BYTES
-                    and ingress.admit(endpoint, headers) is None
-                ):
+                refused = ingress.admit(endpoint, headers)
+                if refused is not None:  # answered from its headers, whatever its size
+                    self._refuse_in_place(cycle, endpoint, headers, refused)
+                    return
+                if headers.length is not None and headers.length <= INLINE_BYTES:
                     self._held = (cycle, endpoint, headers)
                     return
         super()._start_asgi_task(cycle, app)
+
+    def _refuse_in_place(
+        self,
+        cycle: RequestResponseCycle,
+        endpoint: Endpoint,
+        headers: RequestHeaders,
+        refused: ApiError,
+    ) -> None:
+        """A refusal before the body: the connection stays open and the parser drops the body
+        if it may be read (at most the body cap); a body over the cap, or of unknown length, is
+        not read: the connection is closed after the answer."""
+        reply = self.topk_app.ingress.refuse(endpoint, refused, time.perf_counter())
+        length = headers.length
+        if length is not None and length <= self.topk_app.ingress.max_body:
+            self._respond(cycle, reply)
+        else:
+            self._refuse(reply.status, reply.body, reply.headers)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -134,9 +160,17 @@ class TopKHttpProtocol(HttpToolsProtocol):
         cycle.on_response()
 
 
-def http_protocol(app: TopKApp) -> type[HttpToolsProtocol] | str:
-    """uvicorn's ``http`` setting for ``app``: :class:`TopKHttpProtocol` bound to it, or "auto"."""
-    if not hasattr(HttpToolsProtocol, "_start_asgi_task"):  # outside the pinned range
-        log.warning("this uvicorn has no _start_asgi_task hook: every request takes the ASGI path")
-        return "auto"
-    return type("BoundTopKHttpProtocol", (TopKHttpProtocol,), {"topk_app": app})
+def http_protocol(app: TopKApp) -> type[HttpToolsProtocol]:
+    """uvicorn's ``http`` setting for ``app``: :class:`TopKHttpProtocol` bound to it, or, under
+    ``TOPK_HTTP_PROTOCOL=uvicorn`` (or a uvicorn without the hook), the guard alone."""
+    runtime = app.runtime
+    base: type[GuardedHttpProtocol] = GuardedHttpProtocol
+    if runtime.settings.http_protocol == "topk":
+        if hasattr(HttpToolsProtocol, "_start_asgi_task"):
+            base = type("TopKAppHttpProtocol", (TopKHttpProtocol,), {"topk_app": app})
+        else:  # outside the pinned range
+            log.warning(
+                "this uvicorn has no _start_asgi_task hook: every request takes the ASGI path"
+            )
+    bound: type[HttpToolsProtocol] = guarded(base, runtime.settings, runtime.metrics)
+    return bound

@@ -6,7 +6,7 @@ Latency buckets are finer than the client defaults because a warm kernel answers
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -112,6 +112,16 @@ class ServiceMetrics:
             ["phase"],
             registry=r,
         )
+        self.open_connections = Gauge(
+            "topk_open_connections",
+            "HTTP connections open (the connection guard's count).",
+            registry=r,
+        )
+        self.body_bytes_in_flight = Gauge(
+            "topk_body_bytes_in_flight",
+            "Bytes of bodies above 64 KiB being read, queued or answered (the admission budget).",
+            registry=r,
+        )
         self.ready = Gauge("topk_ready", "1 when warm and not draining.", registry=r)
         self.build_info = Gauge(
             "topk_build_info",
@@ -129,7 +139,9 @@ class ServiceMetrics:
             children = (
                 self.requests.labels(route, operator, str(status)),
                 self.request_seconds.labels(operator) if status == 200 else None,
-                self.rejections.labels(f"http_{status}") if status in (413, 415, 422) else None,
+                self.rejections.labels(f"http_{status}")
+                if status in (401, 413, 415, 422)
+                else None,
             )
             self._request_children[(route, operator, status)] = children
         total, latency, rejected = children
@@ -151,6 +163,14 @@ class ServiceMetrics:
     def track_queue_depth(self, depth: Callable[[], int]) -> None:
         """Read the queue depth at scrape time instead of updating it on every request."""
         self.queued_requests.set_function(depth)
+
+    def track_connections(self, connections: Sized) -> None:
+        """Read the number of open connections at scrape time."""
+        self.open_connections.set_function(lambda: len(connections))
+
+    def refuse(self, reason: str) -> None:
+        """A request (or a connection) refused before it reached the ingress."""
+        self.rejections.labels(reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

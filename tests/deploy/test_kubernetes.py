@@ -26,9 +26,8 @@ from tests.deploy.manifests import (
 )
 from tests.deploy.test_dashboard_metrics import exposed_metric_names
 
-# Settings the manifests set that other branches are adding (issue 15's drain delay, issue 17's
-# gRPC port). Once both are in service/settings.py this allowance is unused and can go.
-PENDING_SETTINGS = {"TOPK_DRAIN_DELAY_S"}
+# Every setting the manifests use exists now (issue 15 drain delay, issue 17 gRPC port).
+PENDING_SETTINGS: set[str] = set()
 DEFAULT_GRACEFUL_TIMEOUT_S = 20.0  # python -m service --graceful-timeout
 SLACK_S = 5
 

@@ -34,6 +34,15 @@ SMALL = {
 }
 
 
+# One warm kernel (sparse, 1 × 16): for servers whose tests send few inference requests; the
+# other buckets compile on demand, at their first request.
+QUICK_START: dict[str, object] = {
+    "warmup_operators": ("sparse",),
+    "warmup_row_buckets": (1,),
+    "warmup_n_buckets": (16,),
+}
+
+
 def small_settings(**overrides: object) -> Settings:
     return Settings.from_env({}, **{**SMALL, **overrides})
 
@@ -54,7 +63,8 @@ class ServerThread:
             log_level="warning",
             lifespan="on",
             access_log=False,
-            http=http_protocol(self.app) if settings.http_protocol == "topk" else "auto",
+            timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+            http=http_protocol(self.app),
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="uvicorn-test", daemon=True)
@@ -87,8 +97,8 @@ class ServerThread:
 
 @contextlib.contextmanager
 def serving(**overrides: object) -> Iterator[ServerThread]:
-    """A test server as ``python -m service`` runs it (``http_protocol="uvicorn"``: plain uvicorn,
-    every request through the ASGI gate)."""
+    """A test server as ``python -m service`` runs it, connection guard included
+    (``http_protocol="uvicorn"``: every request through the ASGI gate)."""
     with ServerThread(small_settings(**overrides)) as server:
         yield server
 

@@ -81,3 +81,59 @@ def test_kubernetes_service_link_variables_are_not_settings() -> None:
     assert settings.port == 8000 and settings.max_rows == 128
     with pytest.raises(ValueError, match="TOPK_MAX_ROW"):
         Settings.from_env({"TOPK_MAX_ROW": "128"})  # a misspelt setting still fails fast
+
+
+def test_the_body_cap_is_the_largest_json_body_the_size_limits_allow() -> None:
+    """x, tangent and cotangent of max_rows × max_n numbers, each the longest float64 literal
+    plus json.dumps's ", " (26 bytes), and 64 KiB for the rest; it follows the limits."""
+    settings = Settings.from_env({})
+    assert settings.max_body_bytes == 3 * 256 * 4096 * 26 + 65536 == 81_854_464
+    assert len("-2.2250738585072014e-308, ") == 26
+    smaller = Settings.from_env({"TOPK_MAX_ROWS": "8", "TOPK_MAX_N": "64"})
+    assert smaller.max_body_bytes == 3 * 8 * 64 * 26 + 65536
+    assert Settings.from_env({"TOPK_MAX_BODY_BYTES": "5000"}).max_body_bytes == 5000
+    with pytest.raises(ValidationError):
+        Settings.from_env({"TOPK_MAX_BODY_BYTES": "100"})
+
+
+def test_a_largest_request_written_by_json_dumps_fits_the_body_cap() -> None:
+    import json
+
+    import numpy as np
+
+    rows, n = 8, 64
+    settings = Settings.from_env({"TOPK_MAX_ROWS": str(rows), "TOPK_MAX_N": str(n)})
+    longest = -2.2250738585072014e-308
+    matrix = np.full((rows, n), longest).tolist()
+    body = json.dumps(
+        {"x": matrix, "tangent": matrix, "cotangent": matrix, "k": [n] * rows,
+         "epsilon": [longest] * rows, "operator": "sparse", "output": "mask"}
+    )  # fmt: skip
+    assert len(body.encode()) <= settings.max_body_bytes
+
+
+def test_the_admission_budgets_follow_the_limits_unless_set() -> None:
+    settings = Settings.from_env({})
+    assert settings.max_queued_elements == 8 * settings.max_batch_rows * settings.max_n
+    assert settings.max_body_bytes_in_flight == settings.max_body_bytes
+    explicit = Settings.from_env(
+        {"TOPK_MAX_QUEUED_ELEMENTS": "1000", "TOPK_MAX_BODY_BYTES_IN_FLIGHT": "2000"}
+    )
+    assert (explicit.max_queued_elements, explicit.max_body_bytes_in_flight) == (1000, 2000)
+
+
+def test_the_limits_a_client_needs_are_announced() -> None:
+    limits = Settings.from_env({"TOPK_MAX_HEADER_BYTES": "16384"}).limits
+    assert limits.max_header_bytes == 16384
+    assert limits.max_body_bytes == Settings.from_env({}).max_body_bytes
+    assert (limits.keep_alive_s, limits.body_idle_timeout_s, limits.authenticated) == (
+        75.0, 10.0, False,
+    )  # fmt: skip
+
+
+def test_every_setting_has_a_row_in_the_readme() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`TOPK_{name.upper()}`" not in readme]
+    assert not missing, f"README.md does not list {missing}"

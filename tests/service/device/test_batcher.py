@@ -165,9 +165,9 @@ def test_requests_queued_while_the_slots_are_busy_go_together() -> None:
     asyncio.run(main())
 
 
-def test_a_second_slot_takes_only_a_full_batch() -> None:
-    """With two slots, a partial batch waits for the batch in flight (and keeps growing); a batch
-    that fills its row budget goes at once, beside it."""
+def test_a_second_slot_takes_a_partial_batch_of_its_key_only_when_full() -> None:
+    """With two slots, a partial batch waits for the batch of its own key in flight (and keeps
+    growing); a batch that fills its row budget goes at once, beside it."""
 
     async def main() -> None:
         recorder = Recorder(delay=0.05)
@@ -184,6 +184,103 @@ def test_a_second_slot_takes_only_a_full_batch() -> None:
         partial.append(asyncio.ensure_future(batcher.submit("a", 3)))
         await asyncio.gather(first, *partial, *full)
         assert recorder.batches == [("a", [0]), ("b", [0, 0]), ("a", [1, 2, 3])]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_partial_batch_of_another_key_takes_the_second_slot() -> None:
+    """A key never waits for another key's batch to end: big full batches must not keep a small
+    key's partial batches off the device (the 169 req/s of issue 15)."""
+
+    async def main() -> None:
+        recorder = Recorder(delay=0.05)
+        batcher = make(recorder, max_delay=0.0, max_concurrent_batches=2, max_batch_rows=4)
+        batcher.start()
+        big = asyncio.ensure_future(batcher.submit("big", 1, rows=4))
+        await asyncio.sleep(0.01)  # the big batch is running now
+        small = asyncio.ensure_future(batcher.submit("small", 2))
+        await asyncio.sleep(0.01)
+        assert [key for key, _ in recorder.batches] == ["big", "small"]
+        assert await asyncio.gather(big, small) == [10, 20]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_keys_share_the_slots_by_work_not_by_arrival() -> None:
+    """Ten full batches of an expensive key are queued before a cheap key's requests arrive; the
+    cheap key is the one served least, so each of its batches goes at the next free slot instead
+    of after all ten (start-time fair queueing by cost)."""
+
+    async def main() -> None:
+        recorder = Recorder(delay=0.02)
+        batcher = make(recorder, max_delay=0.0, max_concurrent_batches=1, max_batch_rows=4)
+        batcher.start()
+        big = [
+            asyncio.ensure_future(batcher.submit("big", i, rows=4, cost=4 * 1024))
+            for i in range(10)
+        ]
+        await asyncio.sleep(0.005)  # the first big batch is running
+        small = []
+        for i in range(3):
+            small.append(asyncio.ensure_future(batcher.submit("small", 100 + i, cost=64)))
+            await small[-1]
+        order = [key for key, _ in recorder.batches]
+        assert order[:6] == ["big", "small", "big", "small", "big", "small"], order
+        await asyncio.gather(*big)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_key_back_from_idle_does_not_claim_the_time_it_was_idle() -> None:
+    """A key that was served little long ago starts level with the key being served, so it
+    alternates with it instead of holding the device until it has caught up."""
+
+    async def main() -> None:
+        recorder = Recorder(delay=0.01)
+        batcher = make(recorder, max_delay=0.0, max_concurrent_batches=1, max_batch_rows=1)
+        batcher.start()
+        await batcher.submit("b", 0, cost=1)  # b has been served once, long ago
+        for i in range(5):  # a alone for a while
+            await batcher.submit("a", i, cost=1)
+        recorder.batches.clear()
+        both = [batcher.submit(key, i, cost=1) for i in range(3) for key in ("a", "b")]
+        await asyncio.gather(*both)
+        keys = [key for key, _ in recorder.batches]
+        assert keys.count("a") == keys.count("b") == 3
+        assert "bbb" not in "".join(keys), keys
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_the_work_queued_per_key_is_bounded_but_other_keys_still_get_in() -> None:
+    async def main() -> None:
+        batcher = make(Recorder(), max_delay=10.0, max_queued=100, max_queued_cost=1000)
+        batcher.start()
+        queued = [asyncio.ensure_future(batcher.submit("big", i, cost=400)) for i in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="800 entries of work queued"):
+            await batcher.submit("big", 9, cost=400)
+        small = asyncio.ensure_future(batcher.submit("small", 1, cost=10))
+        await asyncio.sleep(0)
+        assert batcher.depth == 3, "a cheap request of another key is still queued"
+        await batcher.close(drain=True)
+        assert [await q for q in queued] == [0, 10]
+        assert await small == 10
+
+    asyncio.run(main())
+
+
+def test_a_request_costing_more_than_the_bound_is_taken_when_its_key_is_empty() -> None:
+    """Else the largest request the size limits allow could never run."""
+
+    async def main() -> None:
+        batcher = make(Recorder(), max_delay=0.0, max_queued_cost=100)
+        batcher.start()
+        assert await batcher.submit("big", 3, cost=10_000) == 30
         await batcher.close()
 
     asyncio.run(main())
