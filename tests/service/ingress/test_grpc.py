@@ -278,8 +278,9 @@ def test_grpc_answers_are_counted_under_their_route(
 
 
 def test_limits_draining_and_stop() -> None:
-    """Messages beyond the limit are refused by gRPC itself; a draining server answers UNAVAILABLE
-    with gRPC's retry pushback; the lifespan stops the gRPC server and frees its port."""
+    """Messages beyond the limit are refused by gRPC itself; a draining server still answers; a
+    stopped one answers UNAVAILABLE with gRPC's retry pushback; the lifespan stops the gRPC server
+    and frees its port."""
     settings = {"max_body_bytes": 1024, "warmup_row_buckets": (1,), "warmup_n_buckets": (16,)}
     with serving(grpc_port=0, **settings) as server:
         limit = message_size_limit(server.runtime.settings)
@@ -294,6 +295,9 @@ def test_limits_draining_and_stop() -> None:
             server.runtime.begin_drain()
             assert not stub.ServerReady(pb.ServerReadyRequest()).ready
             request = pb.ModelInferRequest(model_name="topk", inputs=[X], raw_input_contents=[X_RAW], parameters=K1)  # fmt: skip
+            # Draining (TOPK_DRAIN_DELAY_S): not ready, but every request is still served, as HTTP.
+            assert stub.ModelInfer(request).raw_output_contents
+            server.runtime.state = "stopped"  # what the lifespan's stop leaves: nothing is taken
             with pytest.raises(grpc.RpcError) as unavailable:
                 stub.ModelInfer(request)
             assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
