@@ -15,9 +15,30 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.limits import Limits
+from service.device.buckets import ShapeBucket
 
 ENV_PREFIX = "TOPK_"
 Derivative = Literal["none", "jvp", "vjp", "both"]
+
+# Default limits, from the use cases the README names: magnitude pruning of a 2^20-entry weight
+# vector, routers of thousands of tokens x 8-256 experts, classification over ~1,000 classes.
+DEFAULT_MAX_ROWS = 4096
+DEFAULT_MAX_N = 2**20
+DEFAULT_MAX_ENTRIES = 2**20
+# The longest JSON number a client writes for a float (Python's repr of a float64, e.g.
+# -2.2250738585072014e-308, 24 characters) and its separator (json.dumps writes ", ").
+JSON_NUMBER_BYTES = 26
+JSON_ENVELOPE_BYTES = 4096  # field names, operator, output, p, solver, brackets
+
+
+def largest_json_body(max_entries: int, max_rows: int) -> int:
+    """The body of the largest /v1 request these limits accept, rounded up to a MiB: ``x``,
+    ``tangent`` and ``cotangent`` of ``max_entries`` numbers each, and per row brackets, a ``k``
+    and an ``epsilon``."""
+    numbers = 3 * max_entries * JSON_NUMBER_BYTES
+    per_row = max_rows * (3 * len("[], ") + len("1048576, ") + JSON_NUMBER_BYTES)
+    total = numbers + per_row + JSON_ENVELOPE_BYTES
+    return -(-total // 2**20) * 2**20
 
 
 def _powers_of_two(low: int, high: int) -> tuple[int, ...]:
@@ -42,15 +63,32 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     row_buckets: tuple[int, ...] = Field(
-        _powers_of_two(1, 256), description="Row counts a device call is padded up to."
+        _powers_of_two(1, DEFAULT_MAX_ROWS), description="Row counts a device call is padded up to."
     )
     n_buckets: tuple[int, ...] = Field(
-        _powers_of_two(16, 4096), description="Row lengths a device call is padded up to."
+        _powers_of_two(16, DEFAULT_MAX_N), description="Row lengths a device call is padded up to."
     )
-    max_rows: int = Field(256, ge=1, description="Most rows in one request (413 beyond).")
-    max_n: int = Field(4096, ge=1, description="Longest row of a request (413 beyond).")
-    max_k: int = Field(4096, ge=1, description="Largest k (422 beyond).")
-    max_body_bytes: int = Field(64 * 2**20, ge=1024, description="Largest body (413 beyond).")
+    max_rows: int = Field(
+        DEFAULT_MAX_ROWS, ge=1, description="Most rows in one request (413 beyond)."
+    )
+    max_n: int = Field(DEFAULT_MAX_N, ge=1, description="Longest row of a request (413 beyond).")
+    max_k: int = Field(DEFAULT_MAX_N, ge=1, description="Largest k (422 beyond).")
+    max_entries: int = Field(
+        DEFAULT_MAX_ENTRIES,
+        ge=1,
+        description=(
+            "Most entries in one request, rows x its longest row (413 beyond); also the most a"
+            " device call holds (a batch with more goes in several calls)."
+        ),
+    )
+    max_body_bytes: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Largest body (413 beyond); 0: the largest /v1 JSON request the limits allow"
+            " (max_entries numbers in x, tangent and cotangent, 26 bytes each)."
+        ),
+    )
     p_values: tuple[float, ...] = Field(
         (4 / 3, 1.5, 2.0), description="p values the sparse operator accepts (each compiles apart)."
     )
@@ -94,22 +132,41 @@ class Settings(BaseModel):
         ),
     )
 
-    warmup_operators: tuple[str, ...] = Field(
-        ("sparse", "hard"), description="Operators compiled at start-up (e.g. sparse, hard, soft)."
+    cover_buckets: tuple[str, ...] = Field(
+        ("16x1024", "1x32768", f"1x{DEFAULT_MAX_N}"),
+        description=(
+            "ROWSxN buckets of the cover kernels, built before the server is ready: each holds"
+            " every operator variant, and together they serve every request the limits allow"
+            " (the largest n must reach max_n)."
+        ),
     )
-    warmup_outputs: tuple[str, ...] = Field(("mask",), description="Outputs compiled at start-up.")
+    compile_threads: int = Field(
+        2, ge=1, le=16, description="Threads building the cover kernels at start-up."
+    )
+    warmup_operators: tuple[str, ...] = Field(
+        (),
+        description=(
+            "Operators whose exact kernels are built in the background once the server is ready"
+            " (default: none; each kernel is built at the first request that needs it)."
+        ),
+    )
+    warmup_outputs: tuple[str, ...] = Field(("mask",), description="Outputs of those kernels.")
     warmup_derivatives: tuple[Derivative, ...] = Field(
-        ("none",), description="Derivative kernels compiled at start-up: none, jvp, vjp, both."
+        ("none",),
+        description="none: kernels without derivative lanes; jvp, vjp, both: with them.",
     )
     warmup_row_buckets: tuple[int, ...] | None = Field(
-        None, description="Row buckets compiled at start-up (default: all row_buckets)."
+        None, description="Row buckets of those kernels (default: all row_buckets)."
     )
     warmup_n_buckets: tuple[int, ...] | None = Field(
-        None, description="n buckets compiled at start-up (default: all n_buckets up to 1024)."
+        None, description="n buckets of those kernels (default: all n_buckets up to 1024)."
     )
     compile_on_demand: bool = Field(
         True,
-        description="Compile a bucket outside the warm-up set at its first request (else 503).",
+        description=(
+            "Build a shape's exact kernel in the background at its first request (served by a"
+            " cover meanwhile); false: covers only, nothing compiles once ready."
+        ),
     )
     devices: int = Field(
         0,
@@ -133,6 +190,7 @@ class Settings(BaseModel):
         "warmup_derivatives",
         "warmup_row_buckets",
         "warmup_n_buckets",
+        "cover_buckets",
         mode="before",
     )
     @classmethod
@@ -147,10 +205,15 @@ class Settings(BaseModel):
             ladder = getattr(self, name)
             if not ladder or list(ladder) != sorted(set(ladder)) or ladder[0] < 1:
                 raise ValueError(f"{name} must be increasing positive integers, got {ladder}")
-        if self.max_rows > self.row_buckets[-1] or self.max_batch_rows > self.row_buckets[-1]:
-            raise ValueError("max_rows and max_batch_rows must fit in the largest row bucket")
         if self.max_n > self.n_buckets[-1]:
             raise ValueError("max_n must fit in the largest n bucket")
+        if not self.max_n <= self.max_entries or not self.max_rows <= self.max_entries:
+            raise ValueError("max_entries must hold a longest row, and max_rows rows of one entry")
+        covers = self.covers
+        if list(covers) != sorted(set(covers), key=lambda b: (b.n, b.rows)) or not covers:
+            raise ValueError("cover_buckets must be distinct ROWSxN buckets in increasing n")
+        if covers[-1].n < self.max_n:
+            raise ValueError(f"the cover buckets must reach max_n={self.max_n} (a row that long)")
         if any(p <= 1 for p in self.p_values) or not self.p_values:
             raise ValueError("p_values must be non-empty and every p > 1")
         for name, ladder in (("row", self.row_buckets), ("n", self.n_buckets)):
@@ -158,6 +221,16 @@ class Settings(BaseModel):
             if warm is not None and not set(warm) <= set(ladder):
                 raise ValueError(f"warmup_{name}_buckets must be a subset of {name}_buckets")
         return self
+
+    @property
+    def covers(self) -> tuple[ShapeBucket, ...]:
+        """The cover buckets, parsed."""
+        return tuple(ShapeBucket.parse(text) for text in self.cover_buckets)
+
+    @property
+    def body_limit(self) -> int:
+        """The largest body: ``max_body_bytes``, or derived from the limits when it is 0."""
+        return self.max_body_bytes or largest_json_body(self.max_entries, self.max_rows)
 
     @property
     def default_p(self) -> float:
@@ -179,7 +252,8 @@ class Settings(BaseModel):
             max_rows=self.max_rows,
             max_n=self.max_n,
             max_k=self.max_k,
-            max_body_bytes=self.max_body_bytes,
+            max_entries=self.max_entries,
+            max_body_bytes=self.body_limit,
             max_batch_rows=self.max_batch_rows,
         )
 

@@ -53,7 +53,7 @@ async def answer(
     if refused is not None:
         return ingress.refuse(endpoint, refused, started)
     try:
-        body = await _read_body(receive, ingress.runtime.settings.max_body_bytes, ingress, endpoint)
+        body = await _read_body(receive, ingress.runtime.settings.body_limit, ingress, endpoint)
     except ApiError as error:
         return ingress.refuse(endpoint, error, started)
     if body is None:

@@ -11,11 +11,11 @@ codec: one parse, whether the body is accepted or refused) and queues its work u
 maps the reason it has none to a status. Every answer is counted here, by route, operator and
 status.
 
-Overload answers are decided here too: 503 with ``Retry-After`` when the queue is full, the server
-is draining or a kernel is not warm; 504 when the request's deadline passes while it is still
-queued (Triton's queue timeout, ``REJECT`` action). A client that disconnects while its request
-waits has the request taken out of the queue, so no device time is spent on an answer nobody
-reads (status 499, counted, never sent).
+Overload answers are decided here too: 503 with ``Retry-After`` when the queue is full or the
+server is draining (never for a cold shape: the engine serves it from a cover kernel); 504 when
+the request's deadline passes while it is still queued (Triton's queue timeout, ``REJECT``
+action). A client that disconnects while its request waits has the request taken out of the
+queue, so no device time is spent on an answer nobody reads (status 499, counted, never sent).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from api.oip import MODEL_VERSION, MODELS
 from api.registry import OPERATORS, Operator
 from service.device.assembly import Answer
 from service.device.batcher import BatcherClosed, DeadlineExceeded, QueueFull
-from service.device.engine import BucketNotWarm
 from service.device.work import WorkUnit
 from service.errors import ApiError
 from service.ingress.checks import Checks, field_error
@@ -162,7 +161,7 @@ class Ingress:
         self.runtime = runtime
         self.checks = Checks(runtime.settings, runtime.operators)
         self.endpoints = _endpoints(runtime, self.checks)
-        self._max_body = runtime.settings.max_body_bytes
+        self._max_body = runtime.settings.body_limit
         self._timeout_ms = runtime.settings.request_timeout_ms
 
     def endpoint(self, path: str) -> Endpoint | None:
@@ -289,8 +288,6 @@ class Ingress:
             )
         if isinstance(error, BatcherClosed):
             return self.unavailable("draining", str(error))
-        if isinstance(error, BucketNotWarm):
-            return self.unavailable("not_warm", str(error))
         return None
 
     def unavailable(self, reason: str, why: str) -> ApiError:

@@ -16,6 +16,30 @@ def test_defaults_are_consistent() -> None:
     assert settings.row_buckets[-1] >= settings.max_rows
     assert all(b == 2 * a for a, b in zip(settings.n_buckets, settings.n_buckets[1:], strict=False))
     assert settings.limits.max_n == settings.max_n
+    assert settings.covers[-1].n >= settings.max_n
+
+
+def test_the_default_limits_cover_the_use_cases_in_the_readme() -> None:
+    limits = Settings.from_env({}).limits
+    assert limits.max_n >= 2**20 and limits.max_entries >= 2**20  # pruning a 2^20-entry vector
+    assert limits.max_rows >= 4096 and limits.max_rows * 256 <= limits.max_entries  # routers
+    assert limits.max_k == limits.max_n  # k up to n
+
+
+def test_the_default_body_cap_holds_the_largest_request_the_limits_allow() -> None:
+    settings = Settings.from_env({})
+    rows, n = 4, settings.max_entries // 4
+    # Every number as long as JSON gets for a float64, as Python's json.dumps writes it.
+    row = "[" + ", ".join(["-2.2250738585072014e-308"] * n) + "]"
+    matrix = "[" + ", ".join([row] * rows) + "]"
+    body = (
+        f'{{"x": {matrix}, "tangent": {matrix}, "cotangent": {matrix}, "k": [{n}, {n}, {n}, {n}],'
+        ' "epsilon": [-2.2250738585072014e-308, 1.0, 1.0, 1.0], "operator": "sparse",'
+        ' "output": "magnitude", "p": 1.3333333333333333, "solver": "threshold"}'
+    )
+    assert len(body) <= settings.body_limit == settings.limits.max_body_bytes
+    assert settings.body_limit < 1.05 * len(body) + 2**20  # and not much more
+    assert Settings.from_env({"TOPK_MAX_BODY_BYTES": "2048"}).limits.max_body_bytes == 2048
 
 
 def test_environment_variables_are_parsed() -> None:
@@ -49,8 +73,10 @@ def test_an_unknown_variable_is_refused() -> None:
     "environ",
     [
         {"TOPK_N_BUCKETS": "64,8"},
-        {"TOPK_MAX_N": "100000"},
-        {"TOPK_MAX_ROWS": "100000"},
+        {"TOPK_MAX_N": str(2**21)},
+        {"TOPK_MAX_ROWS": str(2**21)},
+        {"TOPK_COVER_BUCKETS": "16x1024"},  # nothing holds a row of max_n
+        {"TOPK_COVER_BUCKETS": f"1x{2**20},16x1024"},  # not in increasing n
         {"TOPK_P_VALUES": "1.0"},
         {"TOPK_PORT": "http"},
         {"TOPK_WARMUP_N_BUCKETS": "17"},

@@ -36,7 +36,8 @@ VALID: list[object] = [
     {"x": [[0.1, 0.2, 0.3], [4.0, 5.0, 6.0]], "k": 1, "epsilon": [0.5, 2]},
     {"x": [[0.1, 0.2, 0.3]], "k": 2, "epsilon": 3, "p": 2, "solver": "pav"},
     {"x": [[0.1, 0.2, 0.3]], "k": 2, "p": 1.3333333333333333},
-    {"x": [[0.1, 0.2, 0.3]], "k": 2, "p": 1.333333333333333, "solver": "dykstra"},
+    {"x": [[0.1, 0.2, 0.3]], "k": 2, "p": 1.333333333333333, "solver": "threshold"},
+    {"x": [[0.1, 0.2, 0.3]], "k": 2, "p": 2.0000000000000004, "solver": "dykstra"},
     {"x": [[0.1, -0.2, 0.3]], "k": 2, "output": "magnitude"},
     {"x": [[0.1, -0.2, 0.3]], "k": 2, "output": "values", "operator": "sparse"},
     {"x": [[0.1, 0.2, 0.3]], "k": 2, "operator": "hard", "output": "values"},
@@ -93,6 +94,7 @@ INVALID: list[object] = [
     {"x": [[0.1, 0.2]], "k": 1, "p": "2"},
     {"x": [[0.1, 0.2]], "k": 1, "p": True},
     {"x": [[0.1, 0.2]], "k": 1, "solver": "magic"},
+    {"x": [[0.1, 0.2]], "k": 1, "p": 1.5, "solver": "dykstra"},  # the core's dykstra takes p=2
     {"x": [[0.1, 0.2]], "k": 1, "solver": ["pav"]},
     {"x": [[0.1, 0.2]], "k": 1, "operator": "hard", "epsilon": 0.1},
     {"x": [[0.1, 0.2]], "k": 1, "operator": "soft", "p": 2},
