@@ -3,6 +3,10 @@
 Configuration comes from ``TOPK_*`` environment variables; ``--host``/``--port``/``--log-level``
 override them. On SIGINT/SIGTERM readiness turns false at once, then uvicorn stops accepting,
 finishes in-flight requests (up to ``--graceful-timeout`` seconds) and the lifespan drains the queue.
+
+``python -m service --prime`` builds the kernels a start-up needs (the covers, and the
+``TOPK_WARMUP_*`` ones) into ``TOPK_COMPILATION_CACHE_DIR`` and exits, serving nothing: a Docker
+image primed this way at build time starts warm.
 """
 
 from __future__ import annotations
@@ -53,7 +57,31 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--graceful-timeout", type=float, default=20.0, help="seconds to drain")
+    parser.add_argument(
+        "--prime",
+        action="store_true",
+        help="build the start-up kernels into TOPK_COMPILATION_CACHE_DIR, then exit",
+    )
     return parser.parse_args(argv)
+
+
+async def prime(settings: Settings) -> None:
+    """Build (or load) every kernel a start-up with ``settings`` builds, store them, and stop."""
+    if not settings.compilation_cache_dir:
+        raise SystemExit("--prime needs TOPK_COMPILATION_CACHE_DIR")
+    runtime = ServiceRuntime(settings)
+    await runtime.start()
+    try:
+        await runtime.wait_ready()
+        if runtime.state != "ready":
+            raise SystemExit(f"priming failed: {runtime.failure}")
+        while runtime.engine.pending:  # the TOPK_WARMUP_* kernels, built after the covers
+            await asyncio.sleep(0.1)
+    finally:
+        await runtime.stop()
+    logging.getLogger(__name__).info(
+        "primed %d kernels in %s", len(runtime.engine.kernels), settings.compilation_cache_dir
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -73,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     # The event loop holds the GIL most of the time under load; the device thread needs it only
     # for microseconds per batch but would wait up to the default 5 ms switch interval for it.
+    if arguments.prime:
+        asyncio.run(prime(settings))
+        return
     sys.setswitchinterval(0.0005)
     app = create_app(settings)
     config = uvicorn.Config(

@@ -244,7 +244,7 @@ class Engine:
                 best, best_cost = key, cost
         if best is None:
             raise RuntimeError(f"no built kernel holds rows of {n}: the engine is not warm")
-        if self.settings.compile_on_demand:
+        if self.settings.compile_on_demand and best.bucket != bucket:  # same shape: no gain
             self._schedule(exact)
         return best, min(rows, best.bucket.rows)
 

@@ -20,13 +20,14 @@ from service.device.kernels import CompiledKernels, KernelInputs, KernelKey, arg
 from service.device.operators import bind_operators
 from service.device.variants import form_of, variant_table
 from service.observability.compile_events import compile_stats, start_counting
+from service.settings import Settings
 
 ROWS, N = 8, 64  # the test servers' cover: check_app finds it compiled by check_kernels
 
 
 def check_kernels() -> None:
     assert len(jax.devices()) == 4, jax.devices()
-    operators = bind_operators((4 / 3, 1.5, 2.0))
+    operators = bind_operators(Settings.from_env({}).p_values)  # the app's variants
     sharded, single = CompiledKernels(devices=0), CompiledKernels(devices=1)
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, N + 1, ROWS).astype(np.int32)

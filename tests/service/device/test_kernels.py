@@ -17,9 +17,10 @@ from service.device.kernels import CompiledKernels, KernelInputs, KernelKey, arg
 from service.device.operators import bind_operators
 from service.device.variants import form_of, variant_table
 from service.observability.compile_events import compile_stats, start_counting
+from service.settings import Settings
 from tests.service.serving import SMALL
 
-OPERATORS = bind_operators((4 / 3, 1.5, 2.0))
+OPERATORS = bind_operators(Settings.from_env({}).p_values)  # the test servers' variants
 TABLE = variant_table(OPERATORS)
 # The test servers' cover: compiled once per process, shared with them through JAX's caches.
 COVER = KernelKey(TABLE, True, ShapeBucket.parse(SMALL["cover_buckets"][0]))  # type: ignore[index]
@@ -32,7 +33,7 @@ REAL = 2
 # knobs; the routes' tests (tests/service/ingress) send every operator through the same cover.
 FORMS: list[tuple[str, str, dict[str, Any]]] = [
     ("sparse", "values", {"p": 2.0, "solver": "dykstra"}),
-    ("sparse", "magnitude", {"p": 1.5, "solver": "auto"}),
+    ("sparse", "magnitude", {"p": 4 / 3, "solver": "auto"}),
     ("soft", "mask", {}),
     ("hard", "magnitude", {}),
     ("sort", "values", {"descending": True, "regularization": "kl"}),

@@ -94,7 +94,7 @@ INVALID: list[object] = [
     {"x": [[0.1, 0.2]], "k": 1, "p": "2"},
     {"x": [[0.1, 0.2]], "k": 1, "p": True},
     {"x": [[0.1, 0.2]], "k": 1, "solver": "magic"},
-    {"x": [[0.1, 0.2]], "k": 1, "p": 1.5, "solver": "dykstra"},  # the core's dykstra takes p=2
+    {"x": [[0.1, 0.2]], "k": 1, "p": 1.3333333333333333, "solver": "dykstra"},  # p=2 only
     {"x": [[0.1, 0.2]], "k": 1, "solver": ["pav"]},
     {"x": [[0.1, 0.2]], "k": 1, "operator": "hard", "epsilon": 0.1},
     {"x": [[0.1, 0.2]], "k": 1, "operator": "soft", "p": 2},
