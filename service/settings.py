@@ -142,7 +142,7 @@ class Settings(BaseModel):
         description=(
             "ROWSxN buckets of the cover kernels, built before the server is ready: each holds"
             " every operator variant, and together they serve every request the limits allow"
-            " (the largest n must reach max_n)."
+            " (the largest n must reach max_n; those past the first that does are not built)."
         ),
     )
     compile_threads: int = Field(
@@ -214,9 +214,9 @@ class Settings(BaseModel):
             raise ValueError("max_n must fit in the largest n bucket")
         if not self.max_n <= self.max_entries or not self.max_rows <= self.max_entries:
             raise ValueError("max_entries must hold a longest row, and max_rows rows of one entry")
-        covers = self.covers
-        if list(covers) != sorted(set(covers), key=lambda b: (b.n, b.rows)) or not covers:
-            raise ValueError("cover_buckets must be distinct ROWSxN buckets in increasing n")
+        covers = [ShapeBucket.parse(text) for text in self.cover_buckets]
+        if not covers or [b.n for b in covers] != sorted({b.n for b in covers}):
+            raise ValueError("cover_buckets must be ROWSxN buckets in increasing n")
         if covers[-1].n < self.max_n:
             raise ValueError(f"the cover buckets must reach max_n={self.max_n} (a row that long)")
         if any(p <= 1 for p in self.p_values) or not self.p_values:
@@ -229,8 +229,14 @@ class Settings(BaseModel):
 
     @property
     def covers(self) -> tuple[ShapeBucket, ...]:
-        """The cover buckets, parsed."""
-        return tuple(ShapeBucket.parse(text) for text in self.cover_buckets)
+        """The cover buckets, parsed, up to the first that holds a row of ``max_n`` (the ones
+        past it could never serve a request: a smaller limit builds fewer covers)."""
+        covers: list[ShapeBucket] = []
+        for text in self.cover_buckets:
+            covers.append(ShapeBucket.parse(text))
+            if covers[-1].n >= self.max_n:
+                break
+        return tuple(covers)
 
     @property
     def body_limit(self) -> int:

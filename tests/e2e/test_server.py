@@ -28,6 +28,7 @@ import pytest
 import core
 from api.client import AsyncTopKClient
 from api.models import TopKResponse
+from tests.conftest import TEST_COVER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,9 +54,9 @@ COMMANDS = {
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One compilation cache for both servers: the second one loads the first one's kernels."""
-    return tmp_path_factory.mktemp("jax-cache")
+def cache(kernel_cache: Path) -> Path:
+    """One compilation cache for every server: the first one compiles, the others load."""
+    return kernel_cache
 
 
 @pytest.fixture(scope="module", params=list(COMMANDS))
@@ -64,13 +65,13 @@ def server(request: pytest.FixtureRequest, cache: Path) -> Iterator[Server]:
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
         "PYTHONPATH": str(ROOT),
-        "TOPK_ROW_BUCKETS": "2,8",  # a short ladder keeps the warm-up to 8 kernels
+        "TOPK_ROW_BUCKETS": "2,8",
         "TOPK_N_BUCKETS": "16,32",
+        "TOPK_COVER_BUCKETS": TEST_COVER,  # the session's cover: one compile for every server
         "TOPK_MAX_ROWS": "4",
         "TOPK_MAX_N": "32",
         "TOPK_MAX_K": "32",
         "TOPK_MAX_BATCH_ROWS": "8",
-        "TOPK_WARMUP_OPERATORS": "sparse,hard",
         "TOPK_COMPILATION_CACHE_DIR": str(cache),
         "TOPK_LOG_LEVEL": "warning",
     }
@@ -79,10 +80,10 @@ def server(request: pytest.FixtureRequest, cache: Path) -> Iterator[Server]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600
         while True:
             assert process.poll() is None, "the server exited during start-up"
-            assert time.monotonic() < deadline, "the server did not get ready in 180 s"
+            assert time.monotonic() < deadline, "the server did not get ready in 600 s"
             try:
                 if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                     break

@@ -86,3 +86,9 @@ def test_an_unknown_variable_is_refused() -> None:
 def test_inconsistent_settings_fail_fast(environ: dict[str, str]) -> None:
     with pytest.raises(ValidationError):
         Settings.from_env(environ)
+
+
+def test_only_the_covers_up_to_max_n_are_built() -> None:
+    assert [str(b) for b in Settings.from_env({}).covers] == ["16x1024", "1x1048576"]
+    small = Settings.from_env({"TOPK_MAX_N": "1000", "TOPK_N_BUCKETS": "16,1024"})
+    assert [str(b) for b in small.covers] == ["16x1024"]
