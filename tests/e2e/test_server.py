@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -156,10 +157,26 @@ def test_concurrent_mixed_requests_match_the_core(server: Server) -> None:
         assert [row.n for row in answer.rows] == [x.shape[1]] * x.shape[0]
 
 
-def test_the_persistent_compilation_cache_was_written(server: Server) -> None:
+def counter(metrics: str, name: str, phase: str) -> float:
+    found = re.search(rf'^{name}{{phase="{phase}"}} (\S+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_the_compilation_cache_is_written_and_read(
+    server: Server, request: pytest.FixtureRequest
+) -> None:
     assert any(path.is_file() for path in server.cache.rglob("*"))
+    assert any((server.cache / "executables").glob("*.xla"))
     metrics = httpx.get(server.url + "/metrics").text
     assert "topk_jax_cache_misses_total" in metrics
+    loaded = counter(metrics, "topk_kernel_loads_total", "warmup")
+    compiled = counter(metrics, "topk_kernel_compilations_total", "warmup")
+    assert loaded + compiled == 1  # one cover, built or loaded before ready
+    assert counter(metrics, "topk_kernel_compilations_total", "request") == 0
+    if request.node.callspec.params["server"] == "plain uvicorn":  # started after the other one
+        assert loaded == 1, "the cover was not loaded from the first server's store"
+        # and the exact kernels the first server built for its requests, in the background
+        assert counter(metrics, "topk_kernel_loads_total", "background") > 0
 
 
 def test_sigterm_drains_and_exits_cleanly(server: Server) -> None:
