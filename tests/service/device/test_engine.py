@@ -74,7 +74,9 @@ def test_a_random_sweep_of_every_request_kind_never_compiles(server: ServerThrea
     start_counting()
     settings = server.runtime.settings
     requests = requests_of_every_kind(settings, random.Random(14))
-    assert len(requests) > 150
+    # sparse: 3 outputs x 4 derivatives x 7 (p, solver) pairs; soft 4; hard 12; sort, rank and
+    # isotonic 16 each (4 derivatives x 4 knob pairs): 148 with the default p values.
+    assert len(requests) >= 148
     request_compiles = 'topk_kernel_compilations_total{phase="request"}'
     before = compile_stats().compilations
 
