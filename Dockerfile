@@ -37,14 +37,22 @@ ENV PATH=/opt/venv/bin:$PATH \
 # CPU unless built for CUDA; override at run time with -e JAX_PLATFORMS=...
 ENV JAX_PLATFORMS=${JAX_EXTRA:+cuda}
 ENV JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
-# Compiled executables survive restarts here, so a new container warms up from the cache.
-# The cache is trusted code: mount a volume private to this service, never a shared one.
-VOLUME ["/var/cache/topk-service/jax"]
 USER 10001:10001
 WORKDIR /home/topk
+# Prime the compilation cache: build the cover kernels now, so that a container loads them and is
+# ready in seconds (bench/RESULTS.md, "Start-up"). They are only valid on a CPU with the same
+# instruction set as the build machine's (the store's fingerprint says so, and a mismatch just
+# compiles at start-up); a CUDA image is primed on its GPU at first start instead (mount the volume).
+# PRIME=0 skips it (a smaller, slower-starting image).
+ARG PRIME=1
+RUN if [ "$PRIME" = "1" ] && [ -z "$JAX_EXTRA" ]; then python -m service --prime --log-level warning; fi
+# Compiled executables survive restarts here, so a new container warms up from the cache; a new
+# volume starts with the image's primed contents. The cache is trusted code: mount a volume
+# private to this service, never a shared one.
+VOLUME ["/var/cache/topk-service/jax"]
 EXPOSE 8000 8001
 # Liveness only (/healthz never touches the device); orchestrators route on /readyz instead.
-# start-period covers the warm-up compile of the bucket ladder on a cold cache.
+# start-period covers the cover kernels' compile on a cold cache (an unprimed image, another CPU).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=300s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('TOPK_PORT', '8000')}/healthz\", timeout=2)"]
 # Exec form: the server is PID 1 and gets SIGTERM, so it drains before the container stops.

@@ -13,6 +13,7 @@ class Limits(BaseModel):
     max_rows: int = Field(ge=1, description="Most rows in one request.")
     max_n: int = Field(ge=1, description="Most entries in one row.")
     max_k: int = Field(ge=1, description="Largest k (it must also be at most the row's length).")
+    max_entries: int = Field(ge=1, description="Most entries in one request: rows x longest row.")
     max_body_bytes: int = Field(ge=1, description="Largest request body, in bytes.")
     max_batch_rows: int = Field(ge=1, description="Row budget of one device call (batching).")
     # Announced by servers since the connection guard (defaults: an older server's values).

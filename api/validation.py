@@ -28,6 +28,10 @@ def size_errors(request: TopKRequest | DenseRequest, limits: Limits) -> list[Fie
         errors.append(
             FieldError(field="x", reason=f"{len(request.x)} rows; at most {limits.max_rows}")
         )
+    longest = max((len(row) for row in request.x), default=0)
+    if len(request.x) * longest > limits.max_entries:
+        reason = f"{len(request.x)} rows of up to {longest} entries; at most {limits.max_entries}"
+        errors.append(FieldError(field="x", reason=reason))
     for i, row in enumerate(request.x):
         if len(row) > limits.max_n:
             errors.append(

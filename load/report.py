@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 SERVER_HISTOGRAMS = (
     ("topk_request_duration_seconds", "request (body read → response bytes)"),
     ("topk_queue_duration_seconds", "queue (waiting for a batch)"),
-    ("topk_compute_duration_seconds", "compute (one device call per batch)"),
+    ("topk_compute_duration_seconds", "compute (one device call; a batch may take several)"),
 )
 
 

@@ -1,10 +1,11 @@
 """``make load``: serve locally, run one Locust scenario headless, write results, gate.
 
+    python load/run.py --duration 60                  # the locustfile's default mix (every User)
     python load/run.py --scenario router --duration 60 --users 8
     python load/run.py --scenario mixed --pace 5      # paced: 5 requests/s per user
 
-Steps: start ``python -m service`` on a free 127.0.0.1 port in its own process (so JAX and
-gevent never share one), wait for ``/readyz``, scrape ``/metrics``, run Locust as a subprocess
+Steps: start ``python -m service`` with the default settings (plus the caller's ``TOPK_*``) on a
+free 127.0.0.1 port in its own process (so JAX and gevent never share one), wait for ``/readyz``, scrape ``/metrics``, run Locust as a subprocess
 for a bounded ``--run-time``, scrape again, stop the server, then write under ``--results``:
 ``<scenario>_stats.csv`` / ``_stats_history.csv`` / ``_failures.csv`` / ``.json`` (Locust),
 ``<scenario>.png`` (throughput and p50/p95/p99 over time), ``<scenario>_metrics_{before,after}.txt``,
@@ -29,7 +30,8 @@ from report import markdown_report, plot_history, read_aggregate, read_history
 
 LOAD_DIR = Path(__file__).resolve().parent
 REPO = LOAD_DIR.parent
-USER_CLASSES = {
+USER_CLASSES: dict[str, str | None] = {
+    "default": None,  # no class named: Locust runs every User class of the file, equally weighted
     "router": "RouterUser",
     "pruning": "PruningUser",
     "classification": "ClassificationUser",
@@ -38,46 +40,10 @@ USER_CLASSES = {
 }
 PRUNING_N = 131072  # ≥ 10^5 yet small enough for a shared 2-core box; LOAD_PRUNING_N overrides
 
-# Warm-up per scenario: compile at start-up exactly the buckets its traffic lands in, so the
-# first requests do not pay for a compile (and the run does not wait for the full ladder).
-N_LADDER = "16,32,64,128,256,512,1024,2048,4096"
-SERVER_ENV = {
-    "router": {
-        "TOPK_WARMUP_ROW_BUCKETS": "64,128,256",
-        "TOPK_WARMUP_N_BUCKETS": "16,32,64",
-        "TOPK_WARMUP_OPERATORS": "sparse,hard",
-    },
-    "pruning": {
-        "TOPK_WARMUP_ROW_BUCKETS": "1,2",
-        "TOPK_WARMUP_N_BUCKETS": "{pruning_n}",
-        "TOPK_WARMUP_OPERATORS": "hard",
-        "TOPK_WARMUP_OUTPUTS": "magnitude",
-    },
-    "classification": {
-        "TOPK_WARMUP_ROW_BUCKETS": "8,16,32,64,128",
-        "TOPK_WARMUP_N_BUCKETS": "16,128",
-        "TOPK_WARMUP_OPERATORS": "sparse",
-        "TOPK_WARMUP_DERIVATIVES": "both",
-    },
-    # The warm-up set is a product (rows × n × operators × outputs × derivatives), so mixed warms
-    # its dominant router traffic only; classification and pruning buckets compile on first use
-    # and show up as topk_kernel_compilations_total{phase="request"} in the report.
-    "mixed": {
-        "TOPK_WARMUP_ROW_BUCKETS": "64,128,256",
-        "TOPK_WARMUP_N_BUCKETS": "16,32,64",
-        "TOPK_WARMUP_OPERATORS": "sparse,hard",
-    },
-    # load/soak.py: small, batched and big (256 × 1024) sparse requests; batches of any size.
-    "soak": {
-        "TOPK_WARMUP_N_BUCKETS": "64,1024",
-        "TOPK_WARMUP_OPERATORS": "sparse",
-    },
-}
-
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=sorted(USER_CLASSES), default="mixed")
+    parser.add_argument("--scenario", choices=sorted(USER_CLASSES), default="default")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--spawn-rate", type=float, default=8.0, help="users started per second")
@@ -97,20 +63,13 @@ def free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def server_environment(scenario: str, pruning_n: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOPK_")}
+def server_environment() -> dict[str, str]:
+    """The server runs with the default settings (every scenario fits in them, and nothing
+    compiles on the request path); the caller's own TOPK_* variables are passed through."""
+    env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
-    # Room for the pruning vector: one extra n bucket at its length, above the usual ladder.
-    env["TOPK_N_BUCKETS"] = f"{N_LADDER},{pruning_n}" if pruning_n > 4096 else N_LADDER
-    env["TOPK_MAX_N"] = str(max(pruning_n, 4096))
-    env["TOPK_MAX_K"] = str(max(pruning_n, 4096))
-    env["TOPK_GRPC_PORT"] = ""  # HTTP load only: no gRPC port to collide with another server's
-    env["TOPK_DRAIN_DELAY_S"] = "0"  # no load balancer to warn: stop at once
-    for name, value in SERVER_ENV[scenario].items():
-        env[name] = value.format(pruning_n=pruning_n)
-    for name, value in os.environ.items():  # an explicit TOPK_* of the caller wins
-        if name.startswith("TOPK_"):
-            env[name] = value
+    env.setdefault("TOPK_GRPC_PORT", "")  # HTTP load only: no gRPC port to collide with
+    env.setdefault("TOPK_DRAIN_DELAY_S", "0")  # no load balancer to warn: stop at once
     return env
 
 
@@ -163,8 +122,10 @@ def run_locust(args: argparse.Namespace, base_url: str, prefix: Path) -> tuple[i
         "--stop-timeout", "10",
         "--csv", str(prefix), "--csv-full-history",
         "--json-file", str(prefix),
-        USER_CLASSES[args.scenario],
     ]  # fmt: skip
+    user_class = USER_CLASSES[args.scenario]
+    if user_class is not None:
+        command.append(user_class)
     print("$", " ".join(command), flush=True)
     # Hard bound on top of --run-time: spawn, stop timeout and start-up, with room to spare.
     limit = args.duration + 120
@@ -190,7 +151,7 @@ def main() -> int:
         server = subprocess.Popen(
             command,
             cwd=REPO,
-            env=server_environment(args.scenario, args.pruning_n),
+            env=server_environment(),
             stdout=server_log,
             stderr=subprocess.STDOUT,
         )

@@ -9,11 +9,16 @@ serving for ``TOPK_DRAIN_DELAY_S`` seconds; then uvicorn stops accepting, closes
 and finishes every request it has received (up to ``--graceful-timeout`` seconds), the lifespan
 stops gRPC (``TOPK_GRPC_PORT``, same process, same event loop) and drains the batcher's queue, and the process exits 0. SIGINT (Ctrl-C), or a second signal, skips
 the delay.
+
+``python -m service --prime`` builds the kernels a start-up needs (the covers, and the
+``TOPK_WARMUP_*`` ones) into ``TOPK_COMPILATION_CACHE_DIR`` and exits, serving nothing: a Docker
+image primed this way at build time starts warm.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import signal
@@ -78,7 +83,31 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="print the OpenAPI document of these settings and exit (make openapi)",
     )
+    parser.add_argument(
+        "--prime",
+        action="store_true",
+        help="build the start-up kernels into TOPK_COMPILATION_CACHE_DIR, then exit",
+    )
     return parser.parse_args(argv)
+
+
+async def prime(settings: Settings) -> None:
+    """Build (or load) every kernel a start-up with ``settings`` builds, store them, and stop."""
+    if not settings.compilation_cache_dir:
+        raise SystemExit("--prime needs TOPK_COMPILATION_CACHE_DIR")
+    runtime = ServiceRuntime(settings)
+    await runtime.start()
+    try:
+        await runtime.wait_ready()
+        if runtime.state != "ready":
+            raise SystemExit(f"priming failed: {runtime.failure}")
+        while runtime.engine.pending:  # the TOPK_WARMUP_* kernels, built after the covers
+            await asyncio.sleep(0.1)
+    finally:
+        await runtime.stop()
+    logging.getLogger(__name__).info(
+        "primed %d kernels in %s", len(runtime.engine.kernels), settings.compilation_cache_dir
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -101,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if arguments.prime:
+        asyncio.run(prime(settings))
+        return
     # The event loop holds the GIL most of the time under load; the device thread needs it only
     # for microseconds per batch but would wait up to the default 5 ms switch interval for it.
     sys.setswitchinterval(0.0005)

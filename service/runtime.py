@@ -11,7 +11,7 @@ from service.device.assembly import Answer
 from service.device.batcher import Batcher
 from service.device.engine import Engine
 from service.device.jax_setup import enable_persistent_cache
-from service.device.kernels import KernelKey
+from service.device.kernels import KernelKey, Source
 from service.device.operators import BoundOperator, bind_operators
 from service.device.pipeline import Pipeline
 from service.device.work import BatchKey, WorkUnit
@@ -61,21 +61,22 @@ class ServiceRuntime:
             raise RuntimeError("the batcher starts with the app's lifespan")
         return self._batcher
 
-    def _on_compile(self, key: KernelKey, seconds: float, phase: str) -> None:
-        self.metrics.kernel_compilations.labels(phase).inc()
-        if phase == "request":
-            log.warning("compiled %s on the request path (%.2f s)", key, seconds)
+    def _on_built(self, _key: KernelKey, _seconds: float, source: Source, phase: str) -> None:
+        if source == "compiled":
+            self.metrics.kernel_compilations.labels(phase).inc()
+        else:
+            self.metrics.kernel_loads.labels(phase).inc()
 
     async def start(self) -> None:
         """Configure JAX, build the engine and the batcher, and start warming up in the background.
 
-        The port is bound meanwhile; ``/readyz`` stays 503 until every warm-up kernel is compiled.
+        The port is bound meanwhile; ``/readyz`` stays 503 until the cover kernels are built.
         """
         s = self.settings
         start_counting()
         enable_persistent_cache(s.compilation_cache_dir)
         self.metrics.record_build(build_info())
-        self._engine = Engine(s, self.operators, on_compile=self._on_compile)
+        self._engine = Engine(s, self.operators, on_built=self._on_built)
         self._pipeline = Pipeline(self._engine, self.metrics)
         self._batcher = Batcher(
             self._pipeline,
@@ -89,6 +90,7 @@ class ServiceRuntime:
             prepare=self._pipeline.prepare,
         )
         self.metrics.track_queue_depth(lambda: self.batcher.depth)
+        self.metrics.kernels_pending.set_function(lambda: self.engine.pending)
         self._batcher.start()
         self.state = "warming"
         self._warmup = asyncio.get_running_loop().create_task(self._warm_up())

@@ -16,29 +16,36 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from api.limits import Limits
+from service.device.buckets import ShapeBucket
 
 ENV_PREFIX = "TOPK_"
 Derivative = Literal["none", "jvp", "vjp", "both"]
+
+# Default limits, from the use cases the README names: magnitude pruning of a 2^20-entry weight
+# vector, routers of thousands of tokens x 8-256 experts, classification over ~1,000 classes.
+DEFAULT_MAX_ROWS = 4096
+DEFAULT_MAX_N = 2**20
+DEFAULT_MAX_ENTRIES = 2**20
+# The longest JSON number a client writes for a float (Python's repr of a float64, e.g.
+# -2.2250738585072014e-308, 24 characters) and its separator (json.dumps writes ", ").
+JSON_NUMBER_BYTES = 26
+JSON_ENVELOPE_BYTES = 4096  # field names, operator, output, p, solver, brackets
+
+
+def largest_json_body(max_entries: int, max_rows: int) -> int:
+    """The body of the largest /v1 request these limits accept, rounded up to a MiB: ``x``,
+    ``tangent`` and ``cotangent`` of ``max_entries`` numbers each, and per row brackets, a ``k``
+    and an ``epsilon``."""
+    numbers = 3 * max_entries * JSON_NUMBER_BYTES
+    per_row = max_rows * (3 * len("[], ") + len("1048576, ") + JSON_NUMBER_BYTES)
+    total = numbers + per_row + JSON_ENVELOPE_BYTES
+    return -(-total // 2**20) * 2**20
 
 
 def _powers_of_two(low: int, high: int) -> tuple[int, ...]:
     return tuple(
         2**e for e in range(low.bit_length() - 1, high.bit_length()) if low <= 2**e <= high
     )
-
-
-# The largest /v1 JSON body the size limits allow: x, tangent and cotangent (three matrices of
-# max_rows × max_n numbers), each number written as the longest float64 literal (24 characters,
-# e.g. -2.2250738585072014e-308) plus the ", " that Python's json.dumps puts between numbers, and
-# 64 KiB for the rest (brackets, k and epsilon per row, the other fields).
-JSON_NUMBER_BYTES = 24 + 2
-JSON_MATRICES = 3
-JSON_SLACK_BYTES = 64 * 1024
-
-
-def json_body_bytes(max_rows: int, max_n: int) -> int:
-    """The default body cap: 3 × max_rows × max_n × 26 + 64 KiB (81,854,464 at 256 × 4096)."""
-    return JSON_MATRICES * max_rows * max_n * JSON_NUMBER_BYTES + JSON_SLACK_BYTES
 
 
 def _with_file(keys: tuple[SecretStr, ...], path: str, name: str) -> tuple[SecretStr, ...]:
@@ -85,24 +92,39 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     row_buckets: tuple[int, ...] = Field(
-        _powers_of_two(1, 256), description="Row counts a device call is padded up to."
+        _powers_of_two(1, DEFAULT_MAX_ROWS), description="Row counts a device call is padded up to."
     )
     n_buckets: tuple[int, ...] = Field(
-        _powers_of_two(16, 4096), description="Row lengths a device call is padded up to."
+        _powers_of_two(16, DEFAULT_MAX_N), description="Row lengths a device call is padded up to."
     )
-    max_rows: int = Field(256, ge=1, description="Most rows in one request (413 beyond).")
-    max_n: int = Field(4096, ge=1, description="Longest row of a request (413 beyond).")
-    max_k: int = Field(4096, ge=1, description="Largest k (422 beyond).")
+    max_rows: int = Field(
+        DEFAULT_MAX_ROWS, ge=1, description="Most rows in one request (413 beyond)."
+    )
+    max_n: int = Field(DEFAULT_MAX_N, ge=1, description="Longest row of a request (413 beyond).")
+    max_k: int = Field(DEFAULT_MAX_N, ge=1, description="Largest k (422 beyond).")
+    max_entries: int = Field(
+        DEFAULT_MAX_ENTRIES,
+        ge=1,
+        description=(
+            "Most entries in one request, rows x its longest row (413 beyond); also the most a"
+            " device call holds (a batch with more goes in several calls)."
+        ),
+    )
     max_body_bytes: int = Field(
         0,
         ge=0,
         description=(
-            "Largest body (413 beyond). 0: the largest /v1 JSON body the size limits allow,"
-            " derived from max_rows and max_n (see json_body_bytes)."
+            "Largest body (413 beyond); 0: the largest /v1 JSON request the limits allow"
+            " (max_entries numbers in x, tangent and cotangent, 26 bytes each)."
         ),
     )
     p_values: tuple[float, ...] = Field(
-        (4 / 3, 1.5, 2.0), description="p values the sparse operator accepts (each compiles apart)."
+        (4 / 3, 2.0),
+        description=(
+            "p values the sparse operator accepts, the first the default. Each is compiled into"
+            " every cover (4/3 and 2 have closed forms; any other p, e.g. 1.5, adds ~3.5 CPU-s"
+            " per cover to a cold start)."
+        ),
     )
 
     batching: bool = Field(True, description="Coalesce concurrent requests into one device call.")
@@ -169,7 +191,7 @@ class Settings(BaseModel):
         ge=0,
         description=(
             "Work bound of one batch key's queue, in padded entries (rows × n bucket); 503 beyond."
-            " 0: 8 full batches of the longest rows (8 × max_batch_rows × max_n)."
+            " 0: 16 × max_entries (8 of the largest requests, rows padded to their n bucket)."
         ),
     )
     max_body_bytes_in_flight: int = Field(
@@ -249,22 +271,41 @@ class Settings(BaseModel):
     )
     metrics_api_keys_file: str = Field("", description="A file of /metrics keys, one per line.")
 
-    warmup_operators: tuple[str, ...] = Field(
-        ("sparse", "hard"), description="Operators compiled at start-up (e.g. sparse, hard, soft)."
+    cover_buckets: tuple[str, ...] = Field(
+        ("16x1024", f"1x{DEFAULT_MAX_N}"),
+        description=(
+            "ROWSxN buckets of the cover kernels, built before the server is ready: each holds"
+            " every operator variant, and together they serve every request the limits allow"
+            " (the largest n must reach max_n; those past the first that does are not built)."
+        ),
     )
-    warmup_outputs: tuple[str, ...] = Field(("mask",), description="Outputs compiled at start-up.")
+    compile_threads: int = Field(
+        2, ge=1, le=16, description="Threads building the cover kernels at start-up."
+    )
+    warmup_operators: tuple[str, ...] = Field(
+        (),
+        description=(
+            "Operators whose exact kernels are built in the background once the server is ready"
+            " (default: none; each kernel is built at the first request that needs it)."
+        ),
+    )
+    warmup_outputs: tuple[str, ...] = Field(("mask",), description="Outputs of those kernels.")
     warmup_derivatives: tuple[Derivative, ...] = Field(
-        ("none",), description="Derivative kernels compiled at start-up: none, jvp, vjp, both."
+        ("none",),
+        description="none: kernels without derivative lanes; jvp, vjp, both: with them.",
     )
     warmup_row_buckets: tuple[int, ...] | None = Field(
-        None, description="Row buckets compiled at start-up (default: all row_buckets)."
+        None, description="Row buckets of those kernels (default: all row_buckets)."
     )
     warmup_n_buckets: tuple[int, ...] | None = Field(
-        None, description="n buckets compiled at start-up (default: all n_buckets up to 1024)."
+        None, description="n buckets of those kernels (default: all n_buckets up to 1024)."
     )
     compile_on_demand: bool = Field(
         True,
-        description="Compile a bucket outside the warm-up set at its first request (else 503).",
+        description=(
+            "Build a shape's exact kernel in the background at its first request (served by a"
+            " cover meanwhile); false: covers only, nothing compiles once ready."
+        ),
     )
     devices: int = Field(
         0,
@@ -288,6 +329,7 @@ class Settings(BaseModel):
         "warmup_derivatives",
         "warmup_row_buckets",
         "warmup_n_buckets",
+        "cover_buckets",
         mode="before",
     )
     @classmethod
@@ -312,23 +354,29 @@ class Settings(BaseModel):
             ladder = getattr(self, name)
             if not ladder or list(ladder) != sorted(set(ladder)) or ladder[0] < 1:
                 raise ValueError(f"{name} must be increasing positive integers, got {ladder}")
-        if self.max_rows > self.row_buckets[-1] or self.max_batch_rows > self.row_buckets[-1]:
-            raise ValueError("max_rows and max_batch_rows must fit in the largest row bucket")
         if self.max_n > self.n_buckets[-1]:
             raise ValueError("max_n must fit in the largest n bucket")
+        if not self.max_n <= self.max_entries or not self.max_rows <= self.max_entries:
+            raise ValueError("max_entries must hold a longest row, and max_rows rows of one entry")
+        covers = [ShapeBucket.parse(text) for text in self.cover_buckets]
+        if not covers or [b.n for b in covers] != sorted({b.n for b in covers}):
+            raise ValueError("cover_buckets must be ROWSxN buckets in increasing n")
+        if covers[-1].n < self.max_n:
+            raise ValueError(f"the cover buckets must reach max_n={self.max_n} (a row that long)")
         if any(p <= 1 for p in self.p_values) or not self.p_values:
             raise ValueError("p_values must be non-empty and every p > 1")
         for name, ladder in (("row", self.row_buckets), ("n", self.n_buckets)):
             warm = getattr(self, f"warmup_{name}_buckets")
             if warm is not None and not set(warm) <= set(ladder):
                 raise ValueError(f"warmup_{name}_buckets must be a subset of {name}_buckets")
-        body = self.max_body_bytes or json_body_bytes(self.max_rows, self.max_n)
+        body = self.max_body_bytes or largest_json_body(self.max_entries, self.max_rows)
         if body < 1024:
             raise ValueError("max_body_bytes must be at least 1024 (or 0: derived)")
         derived: dict[str, object] = {
             "max_body_bytes": body,
             "max_body_bytes_in_flight": self.max_body_bytes_in_flight or body,
-            "max_queued_elements": self.max_queued_elements or 8 * self.max_batch_rows * self.max_n,
+            # 8 of the largest requests (a row padded to its n bucket is at most 2x longer).
+            "max_queued_elements": self.max_queued_elements or 16 * self.max_entries,
             "api_keys": _with_file(self.api_keys, self.api_keys_file, "api_keys"),
             "metrics_api_keys": _with_file(
                 self.metrics_api_keys, self.metrics_api_keys_file, "metrics_api_keys"
@@ -337,6 +385,22 @@ class Settings(BaseModel):
         for name, value in derived.items():  # frozen: filled in once, here
             object.__setattr__(self, name, value)
         return self
+
+    @property
+    def covers(self) -> tuple[ShapeBucket, ...]:
+        """The cover buckets, parsed, up to the first that holds a row of ``max_n`` (the ones
+        past it could never serve a request: a smaller limit builds fewer covers)."""
+        covers: list[ShapeBucket] = []
+        for text in self.cover_buckets:
+            covers.append(ShapeBucket.parse(text))
+            if covers[-1].n >= self.max_n:
+                break
+        return tuple(covers)
+
+    @property
+    def body_limit(self) -> int:
+        """The largest body (``max_body_bytes``, derived from the limits when it was set to 0)."""
+        return self.max_body_bytes
 
     @property
     def default_p(self) -> float:
@@ -358,7 +422,8 @@ class Settings(BaseModel):
             max_rows=self.max_rows,
             max_n=self.max_n,
             max_k=self.max_k,
-            max_body_bytes=self.max_body_bytes,
+            max_entries=self.max_entries,
+            max_body_bytes=self.body_limit,
             max_batch_rows=self.max_batch_rows,
             max_header_bytes=self.max_header_bytes,
             body_idle_timeout_s=self.body_idle_timeout_s,

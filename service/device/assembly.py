@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from service.device.buckets import ShapeBucket
-from service.device.kernels import KernelInputs, KernelKey
+from service.device.kernels import KernelInputs
 from service.device.work import WorkUnit
 
 
@@ -74,6 +74,51 @@ def pad_batch(items: Sequence[WorkUnit], bucket: ShapeBucket) -> KernelInputs:
         lengths=np.array(lengths + [1] * spare, dtype=np.int32),
         tangent=tangent,
         cotangent=cotangent,
+    )
+
+
+def take_rows(inputs: KernelInputs, start: int, stop: int, bucket: ShapeBucket) -> KernelInputs:
+    """Rows ``start:stop`` of a padded batch, padded again to ``bucket`` (one call's share of a
+    batch that takes several; padding rows get length 1 and k 1, as in :func:`pad_batch`)."""
+    rows, n = stop - start, inputs.x.shape[1]
+    if (rows, n) == (bucket.rows, bucket.n):
+        return _slice(inputs, start, stop)
+
+    def matrix(values: np.ndarray | None) -> np.ndarray | None:
+        if values is None:
+            return None
+        padded = np.zeros((bucket.rows, bucket.n), dtype=np.float32)
+        padded[:rows, :n] = values[start:stop]
+        return padded
+
+    def vector(values: np.ndarray, fill: float) -> np.ndarray:
+        padded = np.full(bucket.rows, fill, dtype=values.dtype)
+        padded[:rows] = values[start:stop]
+        return padded
+
+    x = matrix(inputs.x)
+    assert x is not None
+    return KernelInputs(
+        x=x,
+        k=vector(inputs.k, 1),
+        epsilon=vector(inputs.epsilon, 1.0),
+        lengths=vector(inputs.lengths, 1),
+        tangent=matrix(inputs.tangent),
+        cotangent=matrix(inputs.cotangent),
+    )
+
+
+def _slice(inputs: KernelInputs, start: int, stop: int) -> KernelInputs:
+    def rows(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else values[start:stop]
+
+    return KernelInputs(
+        inputs.x[start:stop],
+        inputs.k[start:stop],
+        inputs.epsilon[start:stop],
+        inputs.lengths[start:stop],
+        rows(inputs.tangent),
+        rows(inputs.cotangent),
     )
 
 
@@ -137,13 +182,16 @@ class Answer(NamedTuple):
 
 
 def split_batch(
-    key: KernelKey, outputs: Sequence[np.ndarray], items: Sequence[WorkUnit], sparse: bool
+    out: np.ndarray,
+    jvp: np.ndarray | None,
+    vjp: np.ndarray | None,
+    items: Sequence[WorkUnit],
+    sparse: bool,
 ) -> list[Answer | BaseException]:
     """Each request's :class:`Answer`, or the exception that concerns only it (a non-finite
-    output is a server fault, never sent as null). ``sparse``: find each row's support."""
-    out = outputs[0]
-    jvp = outputs[1] if key.takes_tangent else None
-    vjp = outputs[-1] if key.takes_cotangent else None
+    output is a server fault, never sent as null). ``out``, ``jvp`` and ``vjp`` (None: not asked
+    for) hold the batch's rows in order, and at least its longest row's entries; ``sparse``: find
+    each row's support."""
     finite_rows = np.isfinite(out).all(axis=1)
     for derivative in (jvp, vjp):
         if derivative is not None:

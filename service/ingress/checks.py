@@ -23,6 +23,7 @@ from api.models import FLOAT32_OVERFLOW
 from api.registry import Parameter
 from service.device.buckets import BucketLadder
 from service.device.operators import BoundOperator
+from service.device.variants import refusal
 from service.device.work import BatchKey, Derivative, Matrix, Static, WorkUnit, derivative_of
 from service.errors import ApiError
 from service.settings import Settings
@@ -79,7 +80,7 @@ class Checks:
         limits = self.limits
         rows = len(lengths)
         longest = max(lengths)
-        if rows > limits.max_rows or longest > limits.max_n:
+        if rows > limits.max_rows or longest > limits.max_n or rows * longest > limits.max_entries:
             raise invalid(self._size_errors(lengths), 413)
         name = operator.name
         if type(k) is int:  # one k for every row: the shortest row bounds it
@@ -131,7 +132,8 @@ class Checks:
         return WorkUnit(key, x, ks, epsilon, lengths, *directions)
 
     def static(self, operator: BoundOperator, given: Mapping[str, Any]) -> Static:
-        """The kernel's compile-time keywords for ``given`` (422 naming a ``p`` not offered)."""
+        """The kernel's compile-time keywords for ``given`` (422 naming a ``p`` not offered, or a
+        knob the core does not compute with the others, e.g. ``solver`` dykstra with p != 2)."""
         name = operator.name
         key = (name, tuple(map(given.get, self._compile_time[name])) if given else ())
         static = self._statics.get(key)
@@ -141,6 +143,9 @@ class Checks:
             if "p" in knobs:
                 knobs["p"] = self._offered_p(knobs["p"])
                 static = tuple(sorted(knobs.items()))
+            refused = refusal(name, static)
+            if refused is not None:
+                raise field_error(*refused)
             if len(self._statics) < _STATICS_KEPT:
                 self._statics[key] = static
         return static
@@ -160,6 +165,13 @@ class Checks:
         errors: list[FieldError] = []
         if len(lengths) > limits.max_rows:
             reason = f"{len(lengths)} rows; at most {limits.max_rows}"
+            errors.append(FieldError(field="x", reason=reason))
+        entries = len(lengths) * max(lengths)
+        if entries > limits.max_entries:
+            reason = (
+                f"{len(lengths)} rows of up to {max(lengths)} entries ({entries}); at most"
+                f" {limits.max_entries} entries (rows x longest row)"
+            )
             errors.append(FieldError(field="x", reason=reason))
         errors += [
             FieldError(field=f"x[{i}]", reason=f"{n} entries; at most {limits.max_n}")

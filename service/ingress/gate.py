@@ -13,11 +13,12 @@ status.
 
 Overload answers are decided here too: 503 with ``Retry-After`` when the queue is full (by count,
 or by the work queued under the request's key), when the bodies in flight would pass their memory
-budget (:mod:`service.ingress.budget`, judged on ``Content-Length`` before the body is read), when
-the server is stopping or a kernel is not warm; 504 when the request's deadline passes while it is still
-queued (Triton's queue timeout, ``REJECT`` action). A client that disconnects while its request
-waits has the request taken out of the queue, so no device time is spent on an answer nobody
-reads (status 499, counted, never sent).
+budget (:mod:`service.ingress.budget`, judged on ``Content-Length`` before the body is read) or
+when the server has stopped (never for a cold shape: the engine serves it from a cover kernel);
+504 when the request's deadline passes while it is still queued (Triton's queue timeout,
+``REJECT`` action). A client that disconnects while its request waits has the request taken out
+of the queue, so no device time is spent on an answer nobody reads (status 499, counted, never
+sent).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from api.oip import MODEL_VERSION, MODELS
 from api.registry import OPERATORS, Operator
 from service.device.assembly import Answer
 from service.device.batcher import BatcherClosed, DeadlineExceeded, QueueFull
-from service.device.engine import BucketNotWarm
 from service.device.work import WorkUnit
 from service.errors import ApiError
 from service.ingress.auth import BearerKeys, authorization_of, scope_of
@@ -373,8 +373,6 @@ class Ingress:
             )
         if isinstance(error, BatcherClosed):
             return self.unavailable("draining", str(error))
-        if isinstance(error, BucketNotWarm):
-            return self.unavailable("not_warm", str(error))
         return None
 
     def unavailable(self, reason: str, why: str) -> ApiError:

@@ -80,7 +80,7 @@ class ServiceMetrics:
         )
         self.compute_seconds = Histogram(
             "topk_compute_duration_seconds",
-            "Device time of one batch (until its results are ready).",
+            "Device time of one call (until its results are ready); a batch may take several.",
             ["operator", "bucket"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -108,7 +108,8 @@ class ServiceMetrics:
         )
         self.kernel_compilations = Counter(
             "topk_kernel_compilations",
-            "Kernels compiled by the engine, by phase (warmup or request).",
+            "Kernels compiled by the engine, by phase: warmup (before ready), background (after"
+            " ready, off the request path); request stays 0 (nothing compiles there).",
             ["phase"],
             registry=r,
         )
@@ -120,6 +121,19 @@ class ServiceMetrics:
         self.body_bytes_in_flight = Gauge(
             "topk_body_bytes_in_flight",
             "Bytes of bodies above 64 KiB being read, queued or answered (the admission budget).",
+            registry=r,
+        )
+        for phase in ("warmup", "background", "request"):
+            self.kernel_compilations.labels(phase)
+        self.kernel_loads = Counter(
+            "topk_kernel_loads",
+            "Kernels loaded from the executable store instead of compiled, by phase.",
+            ["phase"],
+            registry=r,
+        )
+        self.kernels_pending = Gauge(
+            "topk_kernels_pending",
+            "Exact kernels queued or building in the background.",
             registry=r,
         )
         self.ready = Gauge("topk_ready", "1 when warm and not draining.", registry=r)

@@ -9,7 +9,9 @@ from api import Limits, TopKRequest, TopKRow, validate_topk_request
 from api.errors import field_path
 from api.validation import per_row_k, size_errors
 
-LIMITS = Limits(max_rows=4, max_n=8, max_k=5, max_body_bytes=10_000, max_batch_rows=4)
+LIMITS = Limits(
+    max_rows=4, max_n=8, max_k=5, max_entries=32, max_body_bytes=10_000, max_batch_rows=4
+)
 
 
 def test_defaults() -> None:

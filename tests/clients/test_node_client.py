@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import TEST_COVER
+
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "clients" / "node"
 NODE_MAJOR_MINIMUM = 18
@@ -48,20 +50,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
+def server_url(kernel_cache: Path) -> Iterator[str]:
     port = free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
         "PYTHONPATH": str(ROOT),
         "JAX_PLATFORMS": "cpu",
-        "TOPK_ROW_BUCKETS": "4",  # one row bucket and one n bucket: two kernels to warm
+        "TOPK_ROW_BUCKETS": "4",
         "TOPK_N_BUCKETS": "16",
+        "TOPK_COVER_BUCKETS": TEST_COVER,  # the session's cover: one compile for every server
         "TOPK_MAX_ROWS": "4",
         "TOPK_MAX_N": "16",
         "TOPK_MAX_K": "16",
         "TOPK_MAX_BATCH_ROWS": "4",
-        "TOPK_WARMUP_OPERATORS": "sparse,hard",
-        "TOPK_COMPILATION_CACHE_DIR": "",
+        "TOPK_COMPILATION_CACHE_DIR": str(kernel_cache),
         "TOPK_LOG_LEVEL": "warning",
         "TOPK_GRPC_PORT": "",  # HTTP only: no gRPC port to collide with another server's
     }
@@ -72,10 +74,10 @@ def server_url() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while True:
             assert process.poll() is None, "the server exited during start-up"
-            assert time.monotonic() < deadline, "the server did not get ready in 120 s"
+            assert time.monotonic() < deadline, "the server did not get ready in 600 s"
             try:
                 if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                     break

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ import pytest
 import core
 from api.client import AsyncTopKClient
 from api.models import TopKResponse
+from tests.conftest import TEST_COVER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,9 +57,9 @@ COMMANDS = {
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One compilation cache for both servers: the second one loads the first one's kernels."""
-    return tmp_path_factory.mktemp("jax-cache")
+def cache(kernel_cache: Path) -> Path:
+    """One compilation cache for every server: the first one compiles, the others load."""
+    return kernel_cache
 
 
 @pytest.fixture(scope="module", params=list(COMMANDS))
@@ -67,13 +69,13 @@ def server(request: pytest.FixtureRequest, cache: Path) -> Iterator[Server]:
         **{k: v for k, v in os.environ.items() if not k.startswith("TOPK_")},
         "PYTHONPATH": str(ROOT),
         "TOPK_GRPC_PORT": str(grpc_port),
-        "TOPK_ROW_BUCKETS": "2,8",  # a short ladder keeps the warm-up to 8 kernels
+        "TOPK_ROW_BUCKETS": "2,8",
         "TOPK_N_BUCKETS": "16,32",
+        "TOPK_COVER_BUCKETS": TEST_COVER,  # the session's cover: one compile for every server
         "TOPK_MAX_ROWS": "4",
         "TOPK_MAX_N": "32",
         "TOPK_MAX_K": "32",
         "TOPK_MAX_BATCH_ROWS": "8",
-        "TOPK_WARMUP_OPERATORS": "sparse,hard",
         "TOPK_COMPILATION_CACHE_DIR": str(cache),
         "TOPK_LOG_LEVEL": "warning",
     }
@@ -82,10 +84,10 @@ def server(request: pytest.FixtureRequest, cache: Path) -> Iterator[Server]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600
         while True:
             assert process.poll() is None, "the server exited during start-up"
-            assert time.monotonic() < deadline, "the server did not get ready in 180 s"
+            assert time.monotonic() < deadline, "the server did not get ready in 600 s"
             try:
                 if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                     break
@@ -158,10 +160,26 @@ def test_concurrent_mixed_requests_match_the_core(server: Server) -> None:
         assert [row.n for row in answer.rows] == [x.shape[1]] * x.shape[0]
 
 
-def test_the_persistent_compilation_cache_was_written(server: Server) -> None:
+def counter(metrics: str, name: str, phase: str) -> float:
+    found = re.search(rf'^{name}{{phase="{phase}"}} (\S+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_the_compilation_cache_is_written_and_read(
+    server: Server, request: pytest.FixtureRequest
+) -> None:
     assert any(path.is_file() for path in server.cache.rglob("*"))
+    assert any((server.cache / "executables").glob("*.xla"))
     metrics = httpx.get(server.url + "/metrics").text
     assert "topk_jax_cache_misses_total" in metrics
+    loaded = counter(metrics, "topk_kernel_loads_total", "warmup")
+    compiled = counter(metrics, "topk_kernel_compilations_total", "warmup")
+    assert loaded + compiled == 1  # one cover, built or loaded before ready
+    assert counter(metrics, "topk_kernel_compilations_total", "request") == 0
+    if request.node.callspec.params["server"] == "plain uvicorn":  # started after the other one
+        assert loaded == 1, "the cover was not loaded from the first server's store"
+        # and the exact kernels the first server built for its requests, in the background
+        assert counter(metrics, "topk_kernel_loads_total", "background") > 0
 
 
 def test_oip_over_grpc_answers_beside_http(server: Server) -> None:

@@ -16,19 +16,19 @@ from service import Settings, create_app
 from service.ingress.protocol import http_protocol
 from service.runtime import ServiceRuntime
 
-# Small ladders keep warm-up to a few seconds; tests that need more compile on demand.
+# One small cover (every variant at 8x64) serves every request these limits allow; the test
+# servers of one process share its compilation (JAX's in-memory caches), so only the first one
+# waits for it. Nothing compiles in the background unless a test turns compile_on_demand on.
 SMALL = {
     "row_buckets": (1, 2, 4, 8),
     "n_buckets": (16, 32, 64),
     "max_rows": 8,
     "max_n": 64,
     "max_k": 64,
+    "max_entries": 512,
     "max_batch_rows": 8,
-    "warmup_row_buckets": (1, 2, 4),
-    "warmup_n_buckets": (16, 32),
-    "warmup_operators": ("sparse", "hard"),
-    "warmup_outputs": ("mask",),
-    "warmup_derivatives": ("none",),
+    "cover_buckets": ("8x64",),
+    "compile_on_demand": False,
     "compilation_cache_dir": "",
     "grpc_port": None,  # off: gRPC tests ask for it with grpc_port=0 (any free port)
 }

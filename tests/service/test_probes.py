@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
+from typing import Any
 
 import httpx
 import jax
+import pytest
 
 from api.models import OperatorsResponse
+from service.device.kernels import CompiledKernels
 from tests.service.serving import ServerThread, small_settings
 
 
@@ -20,17 +25,32 @@ def test_liveness_and_readiness_of_a_warm_server(http: httpx.Client) -> None:
     assert http.get("/v2/health/ready").status_code == 200
 
 
-def test_readiness_waits_for_warm_up_and_goes_false_while_draining_serves() -> None:
-    """Draining (after SIGTERM, for TOPK_DRAIN_DELAY_S) is readiness false, not refusal: load
-    balancers are still routing here until they see it."""
-    settings = small_settings(
-        warmup_operators=("sparse",), warmup_row_buckets=(1,), warmup_n_buckets=(16, 32)
-    )
-    with ServerThread(settings, wait_ready=False) as server:
+def test_readiness_waits_for_warm_up_and_goes_false_while_draining_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    build = CompiledKernels.build
+
+    def held_build(self: CompiledKernels, *args: Any, **kwargs: Any) -> Any:
+        assert release.wait(60), "the test never released the warm-up"
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompiledKernels, "build", held_build)
+    with ServerThread(small_settings(), wait_ready=False) as server:
         first = httpx.get(server.url + "/readyz")
         assert first.status_code == 503
         assert first.json()["state"] == "warming"
         assert httpx.get(server.url + "/healthz").status_code == 200  # live while warming
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # queued during the warm-up
+            early = pool.submit(
+                httpx.post, server.url + "/v1/topk", json={"x": [[1.0, 2.0]], "k": 1}
+            )
+            time.sleep(0.2)
+            assert not early.done()
+            release.set()
+            answer = early.result(timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["rows"][0]["indices"] == [1]
         deadline = time.monotonic() + 120
         while httpx.get(server.url + "/readyz").status_code != 200:
             assert time.monotonic() < deadline

@@ -16,6 +16,30 @@ def test_defaults_are_consistent() -> None:
     assert settings.row_buckets[-1] >= settings.max_rows
     assert all(b == 2 * a for a, b in zip(settings.n_buckets, settings.n_buckets[1:], strict=False))
     assert settings.limits.max_n == settings.max_n
+    assert settings.covers[-1].n >= settings.max_n
+
+
+def test_the_default_limits_cover_the_use_cases_in_the_readme() -> None:
+    limits = Settings.from_env({}).limits
+    assert limits.max_n >= 2**20 and limits.max_entries >= 2**20  # pruning a 2^20-entry vector
+    assert limits.max_rows >= 4096 and limits.max_rows * 256 <= limits.max_entries  # routers
+    assert limits.max_k == limits.max_n  # k up to n
+
+
+def test_the_default_body_cap_holds_the_largest_request_the_limits_allow() -> None:
+    settings = Settings.from_env({})
+    rows, n = 4, settings.max_entries // 4
+    # Every number as long as JSON gets for a float64, as Python's json.dumps writes it.
+    row = "[" + ", ".join(["-2.2250738585072014e-308"] * n) + "]"
+    matrix = "[" + ", ".join([row] * rows) + "]"
+    body = (
+        f'{{"x": {matrix}, "tangent": {matrix}, "cotangent": {matrix}, "k": [{n}, {n}, {n}, {n}],'
+        ' "epsilon": [-2.2250738585072014e-308, 1.0, 1.0, 1.0], "operator": "sparse",'
+        ' "output": "magnitude", "p": 1.3333333333333333, "solver": "threshold"}'
+    )
+    assert len(body) <= settings.body_limit == settings.limits.max_body_bytes
+    assert settings.body_limit < 1.05 * len(body) + 2**20  # and not much more
+    assert Settings.from_env({"TOPK_MAX_BODY_BYTES": "2048"}).limits.max_body_bytes == 2048
 
 
 def test_environment_variables_are_parsed() -> None:
@@ -49,8 +73,10 @@ def test_an_unknown_variable_is_refused() -> None:
     "environ",
     [
         {"TOPK_N_BUCKETS": "64,8"},
-        {"TOPK_MAX_N": "100000"},
-        {"TOPK_MAX_ROWS": "100000"},
+        {"TOPK_MAX_N": str(2**21)},
+        {"TOPK_MAX_ROWS": str(2**21)},
+        {"TOPK_COVER_BUCKETS": "16x1024"},  # nothing holds a row of max_n
+        {"TOPK_COVER_BUCKETS": f"1x{2**20},16x1024"},  # not in increasing n
         {"TOPK_P_VALUES": "1.0"},
         {"TOPK_PORT": "http"},
         {"TOPK_WARMUP_N_BUCKETS": "17"},
@@ -83,26 +109,21 @@ def test_kubernetes_service_link_variables_are_not_settings() -> None:
         Settings.from_env({"TOPK_MAX_ROW": "128"})  # a misspelt setting still fails fast
 
 
-def test_the_body_cap_is_the_largest_json_body_the_size_limits_allow() -> None:
-    """x, tangent and cotangent of max_rows × max_n numbers, each the longest float64 literal
-    plus json.dumps's ", " (26 bytes), and 64 KiB for the rest; it follows the limits."""
-    settings = Settings.from_env({})
-    assert settings.max_body_bytes == 3 * 256 * 4096 * 26 + 65536 == 81_854_464
-    assert len("-2.2250738585072014e-308, ") == 26
-    smaller = Settings.from_env({"TOPK_MAX_ROWS": "8", "TOPK_MAX_N": "64"})
-    assert smaller.max_body_bytes == 3 * 8 * 64 * 26 + 65536
-    assert Settings.from_env({"TOPK_MAX_BODY_BYTES": "5000"}).max_body_bytes == 5000
-    with pytest.raises(ValidationError):
-        Settings.from_env({"TOPK_MAX_BODY_BYTES": "100"})
-
-
 def test_a_largest_request_written_by_json_dumps_fits_the_body_cap() -> None:
     import json
 
     import numpy as np
 
     rows, n = 8, 64
-    settings = Settings.from_env({"TOPK_MAX_ROWS": str(rows), "TOPK_MAX_N": str(n)})
+    settings = Settings.from_env(
+        {
+            "TOPK_MAX_ROWS": str(rows),
+            "TOPK_MAX_N": str(n),
+            "TOPK_MAX_ENTRIES": str(rows * n),
+            "TOPK_N_BUCKETS": "16,64",
+            "TOPK_COVER_BUCKETS": "8x64",
+        }
+    )
     longest = -2.2250738585072014e-308
     matrix = np.full((rows, n), longest).tolist()
     body = json.dumps(
@@ -114,7 +135,7 @@ def test_a_largest_request_written_by_json_dumps_fits_the_body_cap() -> None:
 
 def test_the_admission_budgets_follow_the_limits_unless_set() -> None:
     settings = Settings.from_env({})
-    assert settings.max_queued_elements == 8 * settings.max_batch_rows * settings.max_n
+    assert settings.max_queued_elements == 16 * settings.max_entries
     assert settings.max_body_bytes_in_flight == settings.max_body_bytes
     explicit = Settings.from_env(
         {"TOPK_MAX_QUEUED_ELEMENTS": "1000", "TOPK_MAX_BODY_BYTES_IN_FLIGHT": "2000"}
@@ -137,3 +158,9 @@ def test_every_setting_has_a_row_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [name for name in Settings.model_fields if f"`TOPK_{name.upper()}`" not in readme]
     assert not missing, f"README.md does not list {missing}"
+
+
+def test_only_the_covers_up_to_max_n_are_built() -> None:
+    assert [str(b) for b in Settings.from_env({}).covers] == ["16x1024", "1x1048576"]
+    small = Settings.from_env({"TOPK_MAX_N": "1000", "TOPK_N_BUCKETS": "16,1024"})
+    assert [str(b) for b in small.covers] == ["16x1024"]

@@ -16,17 +16,19 @@ import numpy as np
 
 import core
 from service.device.buckets import ShapeBucket
-from service.device.kernels import CompiledKernels, KernelInputs, KernelKey
+from service.device.kernels import CompiledKernels, KernelInputs, KernelKey, arguments, selector
 from service.device.operators import bind_operators
+from service.device.variants import form_of, variant_table
 from service.observability.compile_events import compile_stats, start_counting
+from service.settings import Settings
 
-ROWS, N = 8, 16
+ROWS, N = 8, 64  # the test servers' cover: check_app finds it compiled by check_kernels
 
 
 def check_kernels() -> None:
     assert len(jax.devices()) == 4, jax.devices()
-    operators = bind_operators((4 / 3, 1.5, 2.0))
-    sharded, single = CompiledKernels(operators, devices=0), CompiledKernels(operators, devices=1)
+    operators = bind_operators(Settings.from_env({}).p_values)  # the app's variants
+    sharded, single = CompiledKernels(devices=0), CompiledKernels(devices=1)
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, N + 1, ROWS).astype(np.int32)
     ks = np.minimum(rng.integers(1, 6, ROWS), lengths).astype(np.int32)
@@ -35,17 +37,20 @@ def check_kernels() -> None:
     for a in (x, t, c):
         a[np.arange(N)[None, :] >= lengths[:, None]] = 0.0
     inputs = KernelInputs(x, ks, eps, lengths, t, c)
-    for operator, static in (
-        ("sparse", (("p", 4 / 3), ("solver", "auto"))),
-        ("soft", ()),
-        ("hard", ()),
-    ):
-        key = KernelKey(operator, "mask", "both", static, ShapeBucket(ROWS, N))
-        assert sharded.sharding(key) is not None and single.sharding(key) is None
-        outs = sharded.get(key)(*inputs.arguments(key))
+    forms = {
+        name: form_of(operators[name], "mask", operators[name].static({}))
+        for name in ("sparse", "soft", "hard")
+    }
+    cover = KernelKey(variant_table(operators), True, ShapeBucket(ROWS, N))
+    key = KernelKey(tuple(form.variant for form in forms.values()), True, ShapeBucket(ROWS, N))
+    assert sharded.sharding(cover) is not None and single.sharding(key) is None
+    sharded.build(cover)
+    single.build(key)
+    for operator, form in forms.items():
+        outs = sharded.get(cover)(*arguments(cover, selector(cover, form), inputs))
         for out in outs:
             assert len(out.sharding.device_set) == 4, (operator, out.sharding)
-        refs = single.get(key)(*inputs.arguments(key))
+        refs = single.get(key)(*arguments(key, selector(key, form), inputs))
         for got, want in zip(outs, refs, strict=True):
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
         fn = {
@@ -61,7 +66,7 @@ def check_kernels() -> None:
             np.testing.assert_allclose(np.asarray(outs[0])[i, :n], want_out, atol=2e-5)
             np.testing.assert_allclose(np.asarray(outs[1])[i, :n], want_jvp, atol=2e-4)
     # A bucket the device count does not divide runs on one device.
-    odd = KernelKey("hard", "mask", "none", (), ShapeBucket(2, N))
+    odd = KernelKey((forms["hard"].variant,), False, ShapeBucket(2, N))
     assert sharded.sharding(odd) is None
 
 
@@ -72,7 +77,7 @@ def check_app() -> None:
     from tests.service.serving import small_settings
 
     start_counting()
-    settings = small_settings(warmup_row_buckets=(4, 8), warmup_derivatives=("none", "jvp"))
+    settings = small_settings()
     with TestClient(create_app(settings)) as client:
         while client.get("/readyz").status_code != 200:
             pass

@@ -1,20 +1,20 @@
-"""A request whose kernel was not warmed up compiles it on the compile thread, and warm kernels
-keep being served meanwhile; with compiling on demand off it gets a 503 naming the reason."""
+"""A shape whose exact kernel was never built is answered at once by the cover kernel, while the
+exact kernel builds in the background; the batches after it run on the exact kernel. Nothing
+waits for a compile, and ``compile_on_demand=false`` turns the background builds off."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import threading
+import time
 
 import httpx
 import numpy as np
 
+import core
 from service.device.kernels import KernelKey
-from tests.service.serving import metric, serving
+from tests.service.serving import ServerThread, metric, serving
 
-WARM = {"x": [[0.5, 2.0, -1.0, 3.0]], "k": 2, "operator": "hard"}  # n bucket 16: warmed up
-COLD = {"x": [list(np.linspace(-1.0, 1.0, 40))], "k": 3, "operator": "hard"}  # n bucket 64: cold
-ONE_KERNEL = {"warmup_operators": ("hard",), "warmup_row_buckets": (1,), "warmup_n_buckets": (16,)}
+COLD = {"x": [[0.5, 2.0, -1.0, 3.0]], "k": 2, "operator": "hard"}  # bucket 1x16: no exact kernel
 
 
 def hard_indices(row: list[float], k: int) -> list[int]:
@@ -22,48 +22,73 @@ def hard_indices(row: list[float], k: int) -> list[int]:
     return sorted(np.argsort(row)[-k:].tolist())
 
 
-def test_warm_requests_are_served_while_a_cold_kernel_compiles() -> None:
-    with serving(**ONE_KERNEL) as server:
-        kernels = server.runtime.engine.kernels
-        compile_kernel = kernels._compile
+def calls(server: ServerThread, bucket: str) -> float:
+    return metric(
+        server, f'topk_compute_duration_seconds_count{{bucket="{bucket}",operator="hard"}}'
+    )
+
+
+def test_a_cold_shape_is_served_by_the_cover_while_its_kernel_builds_in_the_background() -> None:
+    with serving(compile_on_demand=True) as server:
+        engine = server.runtime.engine
+        compile_kernel = engine.kernels._compile
         compiling, release = threading.Event(), threading.Event()
 
-        def held_compile(key: KernelKey) -> object:
-            if key.bucket.n == 64:  # the cold request's kernel: hold it until the test says so
-                compiling.set()
-                assert release.wait(60), "the test never released the compile"
-            return compile_kernel(key)
+        def held_compile(key: KernelKey, sharding: object) -> object:
+            compiling.set()
+            assert release.wait(60), "the test never released the compile"
+            return compile_kernel(key, sharding)  # type: ignore[arg-type]
 
-        kernels._compile = held_compile  # type: ignore[method-assign]
-        compiles_before = metric(server, 'topk_kernel_compilations_total{phase="request"}')
-        with (
-            httpx.Client(base_url=server.url, timeout=60) as client,
-            concurrent.futures.ThreadPoolExecutor(1) as pool,
-        ):
+        engine.kernels._compile = held_compile  # type: ignore[method-assign]
+        with httpx.Client(base_url=server.url, timeout=60) as client:
             try:
-                cold = pool.submit(client.post, "/v1/topk", json=COLD)
-                assert compiling.wait(30), "the cold kernel never started compiling"
-                for _ in range(3):  # served while the cold kernel is still compiling
-                    warm = client.post("/v1/topk", json=WARM)
-                    assert warm.status_code == 200, warm.text
-                    assert warm.json()["rows"][0]["indices"] == hard_indices(WARM["x"][0], 2)
-                assert not cold.done()
+                for _ in range(3):  # answered by the cover while the exact kernel compiles
+                    answer = client.post("/v1/topk", json=COLD)
+                    assert answer.status_code == 200, answer.text
+                    assert answer.json()["rows"][0]["indices"] == hard_indices(COLD["x"][0], 2)
+                    assert compiling.wait(30), "the exact kernel never started compiling"
+                assert engine.pending == 1  # three requests, one background build
+                assert calls(server, "8x64") == 3 and calls(server, "1x16") == 0
             finally:
                 release.set()  # a failed check must not leave the compile thread waiting
-            answer = cold.result(timeout=60)
+            deadline = time.monotonic() + 60
+            while engine.pending and time.monotonic() < deadline:
+                time.sleep(0.05)
+            answer = client.post("/v1/topk", json=COLD)
         assert answer.status_code == 200, answer.text
-        assert answer.json()["rows"][0]["indices"] == hard_indices(COLD["x"][0], 3)
-        compiles = metric(server, 'topk_kernel_compilations_total{phase="request"}')
-        assert compiles == compiles_before + 1
+        assert answer.json()["rows"][0]["indices"] == hard_indices(COLD["x"][0], 2)
+        assert calls(server, "1x16") == 1  # the exact kernel, now built
+        assert metric(server, 'topk_kernel_compilations_total{phase="background"}') == 1
+        assert metric(server, 'topk_kernel_compilations_total{phase="request"}') == 0
 
 
-def test_a_cold_kernel_with_compiling_on_demand_off_is_503_not_warm() -> None:
-    with serving(compile_on_demand=False, **ONE_KERNEL) as server:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            refused = client.post("/v1/topk", json=COLD)
-            warm = client.post("/v1/topk", json=WARM)
-        assert refused.status_code == 503, refused.text
-        assert "compile_on_demand is off" in refused.text
-        assert "retry-after" in refused.headers
-        assert warm.status_code == 200, warm.text
-        assert metric(server, 'topk_rejections_total{reason="not_warm"}') == 1
+def test_with_compiling_on_demand_off_the_covers_serve_everything_and_nothing_compiles() -> None:
+    with serving(compile_on_demand=False) as server, httpx.Client(base_url=server.url) as client:
+        for _ in range(2):
+            answer = client.post("/v1/topk", json=COLD)
+            assert answer.status_code == 200, answer.text
+        assert server.runtime.engine.pending == 0
+        assert metric(server, 'topk_kernel_compilations_total{phase="background"}') == 0
+        assert calls(server, "8x64") == 2
+
+
+def test_a_batch_with_more_rows_than_its_kernel_holds_goes_in_several_calls() -> None:
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(1, 65, 20)
+    x = [rng.normal(size=int(n)).astype(np.float32).tolist() for n in lengths]
+    ks = [int(rng.integers(1, n + 1)) for n in lengths]
+    with (
+        serving(max_rows=20, max_entries=20 * 64) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+    ):
+        answer = client.post("/v1/topk", json={"x": x, "k": ks, "epsilon": 0.5})
+        assert answer.status_code == 200, answer.text
+        assert (
+            metric(server, 'topk_compute_duration_seconds_count{bucket="8x64",operator="sparse"}')
+            == 3
+        )
+    for row, k, got in zip(x, ks, answer.json()["rows"], strict=True):
+        want = np.asarray(core.sparse_topk_mask(np.asarray(row, np.float32), k, epsilon=0.5))
+        dense = np.zeros(len(row), np.float32)
+        dense[got["indices"]] = got["values"]
+        np.testing.assert_allclose(dense, want, atol=2e-5)

@@ -1,8 +1,11 @@
-"""Compiled kernels agree with the core called directly, stay float32, and never recompile."""
+"""Compiled kernels agree with the core called directly on each unpadded row, whichever variant
+of a multi-variant kernel is selected, stay float32, and never recompile."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -10,83 +13,124 @@ import pytest
 
 import core
 from service.device.buckets import ShapeBucket
-from service.device.kernels import CompiledKernels, KernelInputs, KernelKey
+from service.device.kernels import CompiledKernels, KernelInputs, KernelKey, arguments, selector
 from service.device.operators import bind_operators
+from service.device.variants import form_of, variant_table
 from service.observability.compile_events import compile_stats, start_counting
+from service.settings import Settings
+from tests.service.serving import SMALL
 
-OPERATORS = bind_operators((4 / 3, 1.5, 2.0))
-BUCKET = ShapeBucket(4, 16)
-LENGTHS = np.array([16, 5, 16, 5], dtype=np.int32)  # two lengths: two reference compilations
-KS = np.array([3, 2, 16, 1], dtype=np.int32)
-EPSILONS = np.array([0.1, 0.5, 1.0, 0.1], dtype=np.float32)
+OPERATORS = bind_operators(Settings.from_env({}).p_values)  # the test servers' variants
+TABLE = variant_table(OPERATORS)
+# The test servers' cover: compiled once per process, shared with them through JAX's caches.
+COVER = KernelKey(TABLE, True, ShapeBucket.parse(SMALL["cover_buckets"][0]))  # type: ignore[index]
+LENGTHS = np.array([64, 5, 1, 1, 1, 1, 1, 1], dtype=np.int32)  # two real rows, then padding
+KS = np.array([3, 2, 1, 1, 1, 1, 1, 1], dtype=np.int32)
+EPSILONS = np.array([0.5, 0.3, 1, 1, 1, 1, 1, 1], dtype=np.float32)
+REAL = 2
+
+# (operator, output, compile-time parameters given): derived outputs, the solver alias, dense
+# knobs; the routes' tests (tests/service/ingress) send every operator through the same cover.
+FORMS: list[tuple[str, str, dict[str, Any]]] = [
+    ("sparse", "values", {"p": 2.0, "solver": "dykstra"}),
+    ("sparse", "magnitude", {"p": 4 / 3, "solver": "auto"}),
+    ("soft", "mask", {}),
+    ("hard", "magnitude", {}),
+    ("sort", "values", {"descending": True, "regularization": "kl"}),
+    ("isotonic", "values", {"increasing": True, "solver": "dykstra"}),
+]
 
 
 def padded(rng: np.random.Generator) -> np.ndarray:
-    x = rng.normal(size=(BUCKET.rows, BUCKET.n)).astype(np.float32)
-    x[np.arange(BUCKET.n)[None, :] >= LENGTHS[:, None]] = 0.0
+    x = rng.normal(size=(COVER.bucket.rows, COVER.bucket.n)).astype(np.float32)
+    x[np.arange(COVER.bucket.n)[None, :] >= LENGTHS[:, None]] = 0.0
+    x[REAL:] = 0.0
     return x
 
 
-def key(derivative: str, operator: str = "sparse") -> KernelKey:
-    static = (("p", 4 / 3), ("solver", "auto")) if operator == "sparse" else ()
-    return KernelKey(operator, "mask", derivative, static, BUCKET)  # type: ignore[arg-type]
+@functools.cache
+def cover() -> CompiledKernels:
+    kernels = CompiledKernels()
+    kernels.build(COVER)
+    return kernels
+
+
+def core_function(operator: str, output: str, given: dict[str, Any]) -> Callable[..., Any]:
+    bound = OPERATORS[operator]
+    function = getattr(core, bound.spec.outputs[output])
+    static = dict(bound.static(given))
+
+    def call(x: jax.Array, k: jax.Array, epsilon: jax.Array, lengths: jax.Array) -> jax.Array:
+        keywords = {**static, "lengths": lengths}
+        if bound.spec.takes_epsilon:
+            keywords["epsilon"] = epsilon
+        return function(x, k, **keywords) if bound.spec.takes_k else function(x, **keywords)
+
+    return call
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def direct(
-    operator: str, x: jax.Array, t: jax.Array, c: jax.Array, k: jax.Array, epsilon: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The core on one unpadded row, with its JVP along ``t`` and its VJP of ``c``."""
+def reference(form: int, *arrays: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The core's output, JVP and VJP on the real rows, each row masked by its own length (the
+    core's padding rule; tests/core checks it against unpadded rows), in one compilation."""
+    x, tangent, cotangent, k, epsilon, lengths = arrays
+    function = core_function(*FORMS[form])
 
-    def f(v: jax.Array) -> jax.Array:
-        if operator == "sparse":
-            return core.sparse_topk_mask(v, k, epsilon=epsilon)
-        return core.hard_topk_mask(v, k)
+    def of_x(v: jax.Array) -> jax.Array:
+        return function(v, k, epsilon, lengths)
 
-    out, jvp = jax.jvp(f, (x,), (t,))
-    _, pullback = jax.vjp(f, x)
-    return out, jvp, pullback(c)[0]
+    out, jvp = jax.jvp(of_x, (x,), (tangent,))
+    _, pullback = jax.vjp(of_x, x)
+    return out, jvp, pullback(cotangent)[0]
 
 
-@pytest.mark.parametrize("operator", ["sparse", "hard"])
-def test_kernels_match_the_core_row_by_row_with_both_derivatives(operator: str) -> None:
+@pytest.mark.parametrize(("operator", "output", "given"), FORMS, ids=lambda v: str(v))
+def test_each_variant_of_the_cover_matches_the_core_with_both_lanes(
+    operator: str, output: str, given: dict[str, Any]
+) -> None:
     rng = np.random.default_rng(0)
     x, tangent, cotangent = padded(rng), padded(rng), padded(rng)
-    kernels = CompiledKernels(OPERATORS)
-    the_key = key("both", operator)
+    form = form_of(OPERATORS[operator], output, OPERATORS[operator].static(given))
     inputs = KernelInputs(x, KS, EPSILONS, LENGTHS, tangent, cotangent)
-    out, jvp, vjp = (np.asarray(a) for a in kernels.get(the_key)(*inputs.arguments(the_key)))
-    assert out.dtype == jvp.dtype == vjp.dtype == np.float32
-    for i, n in enumerate(LENGTHS):
-        want, want_jvp, want_vjp = direct(
-            operator, x[i, :n], tangent[i, :n], cotangent[i, :n], KS[i], EPSILONS[i]
-        )
-        np.testing.assert_allclose(out[i, :n], want, atol=2e-5)
-        np.testing.assert_allclose(jvp[i, :n], want_jvp, atol=2e-4)
-        np.testing.assert_allclose(vjp[i, :n], want_vjp, atol=2e-4)
-        assert not out[i, n:].any()
-        assert not vjp[i, n:].any()
+    outputs = cover().get(COVER)(*arguments(COVER, selector(COVER, form), inputs))
+    got = [np.asarray(a) for a in outputs]
+    assert all(lane.dtype == np.float32 for lane in got)
+    real = (x[:REAL], tangent[:REAL], cotangent[:REAL], KS[:REAL], EPSILONS[:REAL], LENGTHS[:REAL])
+    index = FORMS.index((operator, output, given))
+    for lane, want, tolerance in zip(got, reference(index, *real), (2e-5, 2e-4, 2e-4), strict=True):
+        np.testing.assert_allclose(lane[:REAL], want, rtol=tolerance / 2, atol=tolerance)
+        for i in range(REAL):
+            assert not lane[i, LENGTHS[i] :].any()
 
 
 def test_calling_a_kernel_with_another_shape_raises_instead_of_compiling() -> None:
-    kernels = CompiledKernels(OPERATORS)
-    the_key = key("none", "hard")
-    executable = kernels.get(the_key)
     wrong = KernelInputs(
-        np.zeros((2, 16), np.float32), KS[:2], EPSILONS[:2], LENGTHS[:2]
-    ).arguments(the_key)
+        np.zeros((2, 64), np.float32), KS[:2], EPSILONS[:2], LENGTHS[:2], *[np.zeros((2, 64))] * 2
+    )
+    select = np.zeros(3, np.int32)
     with pytest.raises(TypeError):
-        executable(*wrong)
+        cover().get(COVER)(*arguments(COVER, select, wrong))
+
+
+def test_a_kernel_that_was_never_built_is_a_key_error_not_a_compile() -> None:
+    kernels = CompiledKernels()
+    start_counting()
+    before = compile_stats().compilations
+    with pytest.raises(KeyError):
+        kernels.get(COVER)
+    assert compile_stats().compilations == before
 
 
 def test_the_compile_listener_counts_compilations_and_nothing_on_reuse() -> None:
     start_counting()
-    kernels = CompiledKernels(OPERATORS)
-    the_key = KernelKey("hard", "values", "none", (), ShapeBucket(2, 32))
+    kernels = CompiledKernels()
+    hard = next(v for v in TABLE if v.function == "hard_topk_mask")
+    the_key = KernelKey((hard,), False, ShapeBucket(2, 32))
     before = compile_stats().compilations
-    executable = kernels.get(the_key)
+    assert kernels.build(the_key) == "compiled"
     compiled = compile_stats().compilations
     assert compiled > before, "jax.monitoring no longer reports backend compiles"
+    executable = kernels.get(the_key)
     inputs = KernelInputs(
         np.ones((2, 32), np.float32),
         np.array([1, 2], np.int32),
@@ -94,6 +138,7 @@ def test_the_compile_listener_counts_compilations_and_nothing_on_reuse() -> None
         np.array([32, 3], np.int32),
     )
     for _ in range(3):
-        jax.block_until_ready(executable(*inputs.arguments(the_key)))
+        jax.block_until_ready(executable(*arguments(the_key, np.zeros(3, np.int32), inputs)))
+    assert kernels.build(the_key) is None  # already there: nothing to do
     assert kernels.get(the_key) is executable
     assert compile_stats().compilations == compiled
