@@ -336,7 +336,7 @@ def main() -> int:
         server = subprocess.Popen(
             command,
             cwd=REPO,
-            env=server_environment("soak", 4096),  # no pruning ladder: the default limits
+            env=server_environment(),  # the default limits
             stdout=server_log,
             stderr=subprocess.STDOUT,
         )

@@ -10,7 +10,6 @@ from typing import Literal
 from service.device.assembly import Answer
 from service.device.batcher import Batcher
 from service.device.engine import Engine
-from service.device.jax_setup import enable_persistent_cache
 from service.device.kernels import KernelKey, Source
 from service.device.operators import BoundOperator, bind_operators
 from service.device.pipeline import Pipeline
@@ -74,7 +73,6 @@ class ServiceRuntime:
         """
         s = self.settings
         start_counting()
-        enable_persistent_cache(s.compilation_cache_dir)
         self.metrics.record_build(build_info())
         self._engine = Engine(s, self.operators, on_built=self._on_built)
         self._pipeline = Pipeline(self._engine, self.metrics)

@@ -317,7 +317,10 @@ class Settings(BaseModel):
     )
     compilation_cache_dir: str = Field(
         default_factory=default_cache_dir,
-        description="Private JAX persistent compilation cache ('' turns it off).",
+        description=(
+            "Private directory of the executable store: compiled kernels a restart loads "
+            "('' turns it off, and every start compiles)."
+        ),
     )
 
     @field_validator(

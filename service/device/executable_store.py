@@ -12,6 +12,12 @@ one without), ``XLA_FLAGS``, the float64 switch, and the source of every module 
 kernel (``core/``, ``service/device/``, ``api/registry.py``). A different fingerprint is a miss, and
 the kernel is compiled. Entries are pickles, i.e. trusted code, so the directory must be private
 (:func:`~service.device.jax_setup.private_directory`).
+
+Nothing is written while JAX's own persistent compilation cache is on in this process (say through
+``JAX_COMPILATION_CACHE_DIR``): an executable that cache hands back serializes without its compiled
+functions on XLA:CPU (jaxlib 0.10.2), and loads into one that fails at its first call with
+``NOT_FOUND: Function abs_select_fusion not found``. Measured: a restart after the store was
+cleared but the JAX cache kept answered every batch of 32 rows with a 500 (the soak test found it).
 """
 
 from __future__ import annotations
@@ -79,6 +85,12 @@ def fingerprint(devices: Sequence[jax.Device]) -> str:
     return digest.hexdigest()
 
 
+def jax_cache_is_on() -> bool:
+    """Whether JAX's persistent compilation cache is on in this process."""
+    config: Any = jax.config  # its flags are attributes the stubs do not declare
+    return bool(config.jax_enable_compilation_cache and config.jax_compilation_cache_dir)
+
+
 class ExecutableStore:
     """Executables of one fingerprint in a private directory, one file per kernel key."""
 
@@ -119,7 +131,11 @@ class ExecutableStore:
             return None
 
     def save(self, key: object, executable: jax.stages.Compiled) -> None:
-        """Write ``key``'s executable (atomically: a reader never sees half a file)."""
+        """Write ``key``'s executable (atomically: a reader never sees half a file); nothing while
+        JAX's persistent cache is on, since its hits do not serialize whole (see the module)."""
+        if jax_cache_is_on():
+            log.warning("JAX's persistent compilation cache is on: %s is not stored", key)
+            return
         try:
             payload, in_tree, out_tree = serialize_executable.serialize(executable)
         except Exception:  # noqa: BLE001 — not every backend serializes; the kernel still runs

@@ -1,15 +1,16 @@
-"""Process-wide JAX configuration the service needs, applied once before anything compiles."""
+"""The private directory the executable store lives in.
+
+JAX's own persistent compilation cache is deliberately left off: an executable it hands back
+(a cache hit) serializes without its compiled functions on XLA:CPU (jaxlib 0.10.2), and a store
+entry made from one fails at its first call with ``NOT_FOUND: Function ... not found`` (see
+:mod:`service.device.executable_store`). The store already skips tracing, lowering and compiling.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from pathlib import Path
-
-import jax
-
-log = logging.getLogger(__name__)
 
 
 def private_directory(directory: str) -> Path:
@@ -25,23 +26,3 @@ def private_directory(directory: str) -> Path:
             f"compilation cache {path} must be owned by this user and not group/world writable"
         )
     return path
-
-
-def enable_persistent_cache(directory: str) -> str | None:
-    """Turn on JAX's persistent compilation cache in a private ``directory`` ('' leaves it off).
-
-    The thresholds are lowered so that small kernels are written too (the default minimum compile
-    time of 1 s would skip every top-k kernel, and a restart would recompile all of them). The
-    XLA-internal caches are turned off: with them on (JAX 0.10's default), the cache directory's
-    own path enters every cache key, so a cache copied or mounted at another path (a Docker image
-    primed at build time, a volume) never hits; measured in bench/RESULTS.md, "Start-up".
-    """
-    if not directory:
-        return None
-    path = private_directory(directory)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
-    log.info("JAX persistent compilation cache in %s", path)
-    return str(path)

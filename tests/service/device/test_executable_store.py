@@ -1,6 +1,6 @@
 """Executables stored on disk load back without tracing or compiling, only under their own
-fingerprint; a damaged entry is a miss; the directory must be private. The JAX persistent cache
-works from another path than the one it was written at (a primed image, a mounted volume)."""
+fingerprint and from another path than the one they were written at; a damaged entry is a miss;
+the directory must be private; nothing is stored from JAX's persistent cache."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from service.device.buckets import ShapeBucket
-from service.device.executable_store import ExecutableStore, fingerprint
+from service.device.executable_store import ExecutableStore, fingerprint, jax_cache_is_on
 from service.device.kernels import CompiledKernels, KernelInputs, KernelKey, arguments
 from service.device.operators import bind_operators
 from service.device.variants import form_of
@@ -78,33 +78,57 @@ def test_the_fingerprint_covers_the_code_that_shapes_a_kernel() -> None:
     assert {"core/_sparse.py", "service/device/kernels.py", "api/registry.py"} <= sources
 
 
-PRIME = """
-import sys, jax, jax.numpy as jnp, numpy as np
-from service.device.jax_setup import enable_persistent_cache
-from service.observability.compile_events import compile_stats, start_counting
-start_counting()
-enable_persistent_cache(sys.argv[1])
-jax.jit(lambda x: jnp.sort(x) * 2).lower(jax.ShapeDtypeStruct((8, 64), np.float32)).compile()
-print("hits", compile_stats().cache_hits)
+RESTART = """
+import shutil, sys
+import jax
+from service.device.executable_store import ExecutableStore, fingerprint
+from service.device.kernels import CompiledKernels
+from tests.service.device.test_executable_store import KEY, run
+
+jax_cache, directory = sys.argv[1], sys.argv[2]
+if jax_cache:  # as an embedding program, or JAX_COMPILATION_CACHE_DIR, would turn it on
+    jax.config.update("jax_compilation_cache_dir", jax_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+store = ExecutableStore(directory, fingerprint(jax.local_devices()[:1]))
+kernels = CompiledKernels(store=store)
+source = kernels.build(KEY)
+print(source, len(store.keys()), run(kernels).tolist()[1])
 """
+ANSWER = str([0.0] * 3 + [1.0] + [0.0] * 12)
 
 
-def test_the_jax_cache_hits_when_read_from_another_path(tmp_path: Path) -> None:
-    """JAX 0.10 puts the cache directory's path into every key unless the XLA-internal caches are
-    off (``jax_persistent_cache_enable_xla_caches="none"``, set by enable_persistent_cache)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+def restart(jax_cache: Path | str, directory: Path) -> str:
+    """One fresh process that builds KEY through the store and runs it."""
+    done = subprocess.run(
+        [sys.executable, "-c", RESTART, str(jax_cache), str(directory)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
 
-    def hits(directory: Path) -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", PRIME, str(directory)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
-        return done.stdout.strip()
 
-    assert hits(tmp_path / "built") == "hits 0"
+def test_a_store_written_in_one_process_runs_in_the_next_at_another_path(tmp_path: Path) -> None:
+    """A primed image or a mounted volume: the store is read at a path it was not written at."""
+    assert restart("", tmp_path / "built") == f"compiled 1 {ANSWER}"
     shutil.copytree(tmp_path / "built", tmp_path / "moved")
-    assert hits(tmp_path / "moved") == "hits 1"
+    assert restart("", tmp_path / "moved") == f"loaded 1 {ANSWER}"
+
+
+def test_nothing_is_stored_while_the_jax_cache_is_on(tmp_path: Path) -> None:
+    """A JAX cache hit serializes without its functions on XLA:CPU: stored, it failed at its first
+    call ("NOT_FOUND: Function abs_select_fusion not found") in every later process."""
+    jax_cache = tmp_path / "jax"
+    assert restart(jax_cache, tmp_path / "first") == f"compiled 0 {ANSWER}"
+    assert restart(jax_cache, tmp_path / "second") == f"compiled 0 {ANSWER}"  # a JAX cache hit
+    assert restart("", tmp_path / "second") == f"compiled 1 {ANSWER}"
+    assert restart("", tmp_path / "second") == f"loaded 1 {ANSWER}"
+
+
+def test_the_service_leaves_the_jax_cache_off(server: object) -> None:
+    """A warm server (its lifespan has run in this process) never turned JAX's cache on."""
+    assert not jax_cache_is_on()
