@@ -73,6 +73,7 @@ def pav_decreasing(
     merge: Callable[[Stats, Stats], Stats],
     block_value: Callable[[Stats], Array],
     length: Array,
+    pool: Callable[[Stats, Stats], Array] | None = None,
 ) -> PavSolution:
     """Exact PAV for one row with decreasing constraints and caller-defined block statistics.
 
@@ -82,6 +83,10 @@ def pav_decreasing(
         block_value: the optimal common value of a block from its statistics (vectorised over the
             leading axis).
         length: number of real entries (a scalar int); entries past it are ignored.
+        pool: optional ``pool(left_stats, right_stats) -> bool``, the pooling test computed from
+            both blocks' statistics. The default, ``value(left) <= value(right)``, compares two
+            rounded values; a caller whose value is a difference of terms of very different
+            magnitudes (``z - w`` with ``|w| >> |z|``) compares the two terms' gaps instead.
 
     Adjacent blocks are pooled while the left value is not larger than the right one (ties pool).
     """
@@ -98,10 +103,12 @@ def pav_decreasing(
         iterations: Array
         violated: Array  # the top two blocks must be pooled (read after the last write)
 
-    def violated(top: Array, values: Array) -> Array:
-        left = _at(values, jnp.maximum(top - 2, 0))
-        right = _at(values, jnp.maximum(top - 1, 0))
-        return (top >= 2) & (left <= right)
+    def violated(top: Array, values: Array, stats: Stats) -> Array:
+        left = jnp.maximum(top - 2, 0)
+        right = jnp.maximum(top - 1, 0)
+        if pool is None:
+            return (top >= 2) & (_at(values, left) <= _at(values, right))
+        return (top >= 2) & pool(_take(stats, left), _take(stats, right))
 
     def unfinished(s: State) -> Array:
         return (s.next_entry < length) | s.violated
@@ -126,14 +133,15 @@ def pav_decreasing(
         new_stats, new_value, new_start, slot = jax.lax.cond(merge_now, pooled, pushed, None)
         top = jnp.where(merge_now, s.top - 1, s.top + 1)
         values = _set(s.values, slot, new_value)
+        stats = _put(s.stats, slot, new_stats)
         return State(
             next_entry=jnp.where(merge_now, s.next_entry, s.next_entry + 1),
             top=top,
             values=values,
             starts=_set(s.starts, slot, new_start),
-            stats=_put(s.stats, slot, new_stats),
+            stats=stats,
             iterations=s.iterations + 1,
-            violated=violated(top, values),
+            violated=violated(top, values, stats),
         )
 
     init = State(
