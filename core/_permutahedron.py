@@ -62,6 +62,7 @@ from core._isotonic import map_rows, pav_decreasing
 from core._rows import (
     as_float_array,
     descending_order,
+    finite,
     gap_ratio,
     inverse,
     negate,
@@ -393,7 +394,7 @@ def _soft_rank_jvp(
     else:
         spread = ds - _block_sum(parts.weights * ds, index)
     e = eps[..., None]
-    dz = spread * inverse(e) - ratio(parts.centred, e) * deps[..., None]
+    dz = spread * inverse(e) - finite(ratio(parts.centred, e)) * deps[..., None]
     dr = dz if regularization == "l2" else parts.ranks * dz
     dr = jnp.where(parts.valid, dr, 0)
     return _unpermute(parts.ranks, parts.order), _unpermute(dr, parts.order)
@@ -468,10 +469,15 @@ def _soft_sort_jvp(
     index = parts.layout.block
     e = eps[..., None]
     if regularization == "l2":
-        dout = _block_sum(ds, index) / parts.layout.size - ratio(parts.offset, e) * deps[..., None]
+        dout = (
+            _block_sum(ds, index) / parts.layout.size
+            - finite(ratio(parts.offset, e)) * deps[..., None]
+        )
     else:
         centred_c = _weighted_block_sum(parts.weights_c, parts.offset, index) - parts.offset
-        dout = _block_sum(parts.weights_s * ds, index) + ratio(centred_c, e) * deps[..., None]
+        dout = (
+            _block_sum(parts.weights_s * ds, index) + finite(ratio(centred_c, e)) * deps[..., None]
+        )
     dout = jnp.where(parts.valid, dout, 0)
     return sign * parts.values, sign * dout
 

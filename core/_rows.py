@@ -96,10 +96,25 @@ def ratio(numerator: Array, eps: Array, log2_scale: Array | None = None) -> Arra
     return jnp.where(numerator == 0, 0, quotient)
 
 
+@jax.custom_jvp
 def inverse(eps: Array) -> Array:
     """``1 / eps`` as a finite factor (:func:`ratio`, capped at ``finfo.max``), for terms that must
-    stay linear in a tangent: ``t * inverse(eps)`` is 0 where ``t`` is, for every ``eps > 0``."""
+    stay linear in a tangent: ``t * inverse(eps)`` is 0 where ``t`` is, for every ``eps > 0``.
+    Differentiable (``d(1/eps) = -(1/eps)^2 deps``) although it is computed from bits."""
     return jnp.minimum(ratio(jnp.ones_like(eps), eps), jnp.finfo(eps.dtype).max)
+
+
+@inverse.defjvp
+def _inverse_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    inv = inverse(primals[0])
+    return inv, -inv * (inv * tangents[0])
+
+
+def finite(v: Array) -> Array:
+    """``v`` with infinities replaced by ``±finfo.max``: a primal factor of a tangent term, so that
+    a zero tangent gives 0 (``inf * 0`` is NaN) while a nonzero one still overflows."""
+    big = jnp.finfo(v.dtype).max
+    return jnp.clip(v, -big, big)
 
 
 def scaled_difference(a: Array, b: Array, eps: Array, log2_scale: Array | None = None) -> Array:
