@@ -44,7 +44,6 @@ from core._rows import (
     gap_ratio,
     inverse,
     normal_upper_quantile,
-    power_of_two,
     row_k,
     row_lengths,
     row_param,
@@ -432,13 +431,8 @@ def _sinkhorn(
 
 
 def _threshold_guess(x: Array, valid: Array, k: Array) -> Array:
-    """Where a normal fit to the row puts the (k + 1/2)-th largest score, computed at an exact
-    power-of-two scale (the row's moments overflow near the top of the range)."""
-    top = jnp.max(jnp.where(valid, jnp.abs(x), 0), axis=-1)
-    exponent = jnp.clip(jnp.frexp(jnp.where(top > 0, top, 1))[1], -100, 100)
-    scale = power_of_two(-exponent, x.dtype)
-    guess = normal_upper_quantile(x * scale[:, None], valid, k.astype(x.dtype) + 0.5) / scale
-    return jnp.where(jnp.isfinite(guess), guess, top)
+    """Where a normal fit to the row puts the (k + 1/2)-th largest score."""
+    return normal_upper_quantile(x, valid, k.astype(x.dtype) + 0.5)
 
 
 def _kth_largest(x: Array, valid: Array, k: Array) -> Array:
