@@ -2,9 +2,18 @@
 
 Every operator works on the last axis of an ``(..., n)`` array, in float32 and float64, is jit- and
 vmap-safe, takes ``k`` (and ``epsilon``, ``lengths``) as data so that new values never recompile, and
-has a hand-written ``custom_jvp`` (reverse mode by transposition).
+has a hand-written ``custom_jvp`` (reverse mode by transposition). Every operator is exact to a few
+ulps for every finite input and every ``epsilon > 0`` of the dtype, except for the few limits that
+``domain_violation`` / ``domain_limits`` state (see :mod:`core._domain`).
 """
 
+from core._domain import MASK_MAX_RATIO_LOG2 as MASK_MAX_RATIO_LOG2
+from core._domain import SOLVER_P as SOLVER_P
+from core._domain import derivative_in_range as derivative_in_range
+from core._domain import domain_limits as domain_limits
+from core._domain import domain_violation as domain_violation
+from core._domain import min_row_scale as min_row_scale
+from core._domain import solver_supports_p as solver_supports_p
 from core._hard import hard_topk_magnitude as hard_topk_magnitude
 from core._hard import hard_topk_mask as hard_topk_mask
 from core._hard import hard_topk_values as hard_topk_values
@@ -36,6 +45,13 @@ __all__ = [
     "soft_topk_mask",
     "soft_topk_sorted",
     "SOLVERS",
+    "SOLVER_P",
+    "MASK_MAX_RATIO_LOG2",
+    "derivative_in_range",
+    "domain_limits",
+    "domain_violation",
+    "min_row_scale",
+    "solver_supports_p",
     "DykstraSolution",
     "PavSolution",
     "ThresholdSolution",

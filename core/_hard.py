@@ -15,20 +15,20 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from core._rows import as_float_array, normal_upper_quantile, row_k, row_lengths, valid_entries
+from core._rows import (
+    as_float_array,
+    normal_upper_quantile,
+    ordered_keys,
+    row_k,
+    row_lengths,
+    valid_entries,
+)
 
 
 def _ordered_keys(x: Array) -> Array:
-    """Signed integers whose order is the order of the floats ``x`` (with -0 == +0).
-
-    Signed rather than unsigned: XLA's CPU backend vectorises signed compares and reductions.
-    """
-    bits = 32 if x.dtype.itemsize <= 4 else 64
-    signed = jnp.int32 if bits == 32 else jnp.int64
-    x = x.astype(jnp.float32 if bits == 32 else jnp.float64)
-    x = jnp.where(x == 0, jnp.zeros_like(x), x)  # -0 becomes +0 (XLA folds away `x + 0.0`)
-    raw = jax.lax.bitcast_convert_type(x, signed)
-    return jnp.where(raw < 0, raw ^ jnp.array(jnp.iinfo(signed).max, signed), raw)
+    """Signed integers whose order is the order of the floats ``x`` (with -0 == +0), computed
+    from the bits so that subnormal scores keep their order (:func:`core._rows.ordered_keys`)."""
+    return ordered_keys(x.astype(jnp.float32 if x.dtype.itemsize <= 4 else jnp.float64))
 
 
 def _key_to_float(key: Array, dtype: jnp.dtype) -> Array:

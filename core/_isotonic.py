@@ -1,8 +1,9 @@
 r"""Isotonic regression on the device: exact pool-adjacent-violators (PAV) and Dykstra.
 
-Both solve the decreasing problem ``argmin_{v_1 >= ... >= v_n} sum_i w_i (y_i - v_i)^2`` (and the
-sparse top-k block problems of Sander et al. 2023 for the PAV) on the last axis, batched, in pure
-XLA control flow -- no host callback, so the same code runs on CPU, GPU and TPU.
+Both solve the decreasing problem ``argmin_{v_1 >= ... >= v_n} sum_i w_i (y_i - v_i)^2`` on the last
+axis, batched, in pure XLA control flow -- no host callback, so the same code runs on CPU, GPU and
+TPU. The PAV takes caller-defined block statistics, so other separable problems (the soft
+sort/rank projections, the sparse top-k block problems of :mod:`core._sparse_isotonic`) reuse it.
 
 - PAV is a single ``lax.while_loop`` over a stack of blocks (at most ``2n`` steps, each O(1) work per
   row); rows run one after another on the CPU and in lock-step (``vmap``) on accelerators. It is
@@ -28,8 +29,8 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from core._rows import as_float_array, descending_order, row_lengths, safe_divide, valid_entries
-from core._threshold import cubic_block_root, exponent
+from core._rows import as_float_array, row_lengths, safe_divide, valid_entries
+from core._units import exponent, scale_by_power_of_two
 
 Stats = Any  # a pytree of arrays whose leading axis indexes blocks (or entries)
 
@@ -73,6 +74,7 @@ def pav_decreasing(
     merge: Callable[[Stats, Stats], Stats],
     block_value: Callable[[Stats], Array],
     length: Array,
+    pool: Callable[[Stats, Stats], Array] | None = None,
 ) -> PavSolution:
     """Exact PAV for one row with decreasing constraints and caller-defined block statistics.
 
@@ -82,6 +84,10 @@ def pav_decreasing(
         block_value: the optimal common value of a block from its statistics (vectorised over the
             leading axis).
         length: number of real entries (a scalar int); entries past it are ignored.
+        pool: optional ``pool(left_stats, right_stats) -> bool``, the pooling test computed from
+            both blocks' statistics. The default, ``value(left) <= value(right)``, compares two
+            rounded values; a caller whose value is a difference of terms of very different
+            magnitudes (``z - w`` with ``|w| >> |z|``) compares the two terms' gaps instead.
 
     Adjacent blocks are pooled while the left value is not larger than the right one (ties pool).
     """
@@ -98,10 +104,12 @@ def pav_decreasing(
         iterations: Array
         violated: Array  # the top two blocks must be pooled (read after the last write)
 
-    def violated(top: Array, values: Array) -> Array:
-        left = _at(values, jnp.maximum(top - 2, 0))
-        right = _at(values, jnp.maximum(top - 1, 0))
-        return (top >= 2) & (left <= right)
+    def violated(top: Array, values: Array, stats: Stats) -> Array:
+        left = jnp.maximum(top - 2, 0)
+        right = jnp.maximum(top - 1, 0)
+        if pool is None:
+            return (top >= 2) & (_at(values, left) <= _at(values, right))
+        return (top >= 2) & pool(_take(stats, left), _take(stats, right))
 
     def unfinished(s: State) -> Array:
         return (s.next_entry < length) | s.violated
@@ -126,14 +134,15 @@ def pav_decreasing(
         new_stats, new_value, new_start, slot = jax.lax.cond(merge_now, pooled, pushed, None)
         top = jnp.where(merge_now, s.top - 1, s.top + 1)
         values = _set(s.values, slot, new_value)
+        stats = _put(s.stats, slot, new_stats)
         return State(
             next_entry=jnp.where(merge_now, s.next_entry, s.next_entry + 1),
             top=top,
             values=values,
             starts=_set(s.starts, slot, new_start),
-            stats=_put(s.stats, slot, new_stats),
+            stats=stats,
             iterations=s.iterations + 1,
-            violated=violated(top, values),
+            violated=violated(top, values, stats),
         )
 
     init = State(
@@ -186,83 +195,6 @@ def _l2_value(stats: Stats) -> Array:
     return stats[1]
 
 
-def _moments_merge(a: Stats, b: Stats) -> Stats:
-    """Merge (count, mean, M2, M3, W) of two blocks (Chan et al.'s pairwise update, stable)."""
-    na, mua, m2a, m3a, wa = a
-    nb, mub, m2b, m3b, wb = b
-    n = na + nb
-    delta = mub - mua
-    mu = mua + delta * nb / n
-    m2 = m2a + m2b + delta * delta * na * nb / n
-    m3 = (
-        m3a
-        + m3b
-        + delta**3 * na * nb * (na - nb) / (n * n)
-        + 3.0 * delta * (na * m2b - nb * m2a) / n
-    )
-    return (n, mu, m2, m3, wa + wb)
-
-
-def _sparse_block_problem(
-    s: Array, w: Array, eps: Array, r: float, magnitude: bool
-) -> tuple[Stats, Callable[[Stats, Stats], Stats], Callable[[Stats], Array]]:
-    """Statistics for ``argmin_{v dec} sum (1/q)|s - v|^q + eps^(q-1) w (v or v^2/2)``, q - 1 = r.
-
-    The block value solves ``sum_B (s - v)|s - v|^(r-1) = eps^r W (1 or v)`` (``W = sum_B w``).
-    """
-    one = jnp.ones_like(s)
-    if r == 1.0:
-        if magnitude:  # weighted L2 of s / (1 + eps w) with weights 1 + eps w
-            weights = one + eps * w
-            return _l2_stats(s / weights, weights), _l2_merge, _l2_value
-        return _l2_stats(s - eps * w, one), _l2_merge, _l2_value
-    if r == 3.0:
-        stats = (one, s, jnp.zeros_like(s), jnp.zeros_like(s), w)
-
-        def cubic_value(st: Stats) -> Array:
-            m, mu, m2, m3, weight = st
-            return cubic_block_root(m, mu, m2, m3, weight, eps, magnitude)
-
-        return stats, _moments_merge, cubic_value
-
-    # General r: no finite statistics; a block is its index range, its root found by bisection.
-    index = jnp.arange(s.shape[0], dtype=jnp.int32)
-    big = jnp.finfo(s.dtype).max
-
-    def range_merge(a: Stats, b: Stats) -> Stats:
-        return (a[0], b[1], a[2] + b[2])
-
-    def range_value(st: Stats) -> Array:
-        return jnp.vectorize(_range_root)(st[0], st[1], st[2])
-
-    def _range_root(start: Array, end: Array, weight: Array) -> Array:
-        inside = (index >= start) & (index <= end)
-        count = jnp.sum(inside).astype(s.dtype)
-        s_max = jnp.max(jnp.where(inside, s, -big))
-        s_min = jnp.min(jnp.where(inside, s, big))
-        lo = jnp.zeros_like(s_max) if magnitude else s_min - eps * (weight / count) ** (1 / r)
-        hi = jnp.maximum(s_max, lo)
-
-        def excess(v: Array) -> Array:
-            gap = s - v
-            powered = jnp.sign(gap) * jnp.abs(gap) ** r
-            return jnp.sum(jnp.where(inside, powered, 0)) - eps**r * weight * (
-                v if magnitude else 1
-            )
-
-        def bisect(_: int, bracket: tuple[Array, Array]) -> tuple[Array, Array]:
-            lo, hi = bracket
-            mid = 0.5 * (lo + hi)
-            above = excess(mid) > 0
-            return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-        iterations = 60 if s.dtype == jnp.float32 else 120
-        lo, hi = jax.lax.fori_loop(0, iterations, bisect, (lo, hi))
-        return 0.5 * (lo + hi)
-
-    return (index, index, w), range_merge, range_value
-
-
 # ------------------------------------------------------------------------------------- Dykstra
 
 
@@ -277,6 +209,12 @@ def _pair_projection(v: Array, u: Array) -> Array:
     return jnp.stack([a, b], axis=-1).reshape(v.shape)
 
 
+def _headroom(y: Array, valid: Array) -> Array:
+    """``j >= 0`` that brings the row's largest ``|y|`` to at most ``2^100``, per row."""
+    top = jnp.max(jnp.where(valid, jnp.abs(y), 0), axis=-1, keepdims=True)
+    return jnp.maximum(exponent(top) - 100, 0)
+
+
 def dykstra_decreasing(
     y: Array, weights: Array, valid: Array, *, tol: float | None = None, max_iter: int = 2000
 ) -> DykstraSolution:
@@ -284,18 +222,23 @@ def dykstra_decreasing(
 
     Padded entries are replaced by a strictly decreasing tail below every real value, so they never
     pool with real entries. Stops for a row when one full cycle moves no entry by more than
-    ``tol * (1 + max|y|)`` (default ``tol``: 10 ulp of the dtype), or at ``max_iter`` cycles.
+    ``tol * max|y|`` (default ``tol``: 10 ulp of the dtype), or at ``max_iter`` cycles. A row near
+    the top of the range is solved ``2^j`` times smaller (homogeneous), so the tail cannot overflow.
     """
+    log2_scale = _headroom(y, valid)
+    y = scale_by_power_of_two(y, -log2_scale)
     n = y.shape[-1]
     big = jnp.finfo(y.dtype).max
     low = jnp.min(jnp.where(valid, y, big), axis=-1, keepdims=True)
-    scale = 1 + jnp.max(jnp.where(valid, jnp.abs(y), 0), axis=-1, keepdims=True)
+    top = jnp.max(jnp.where(valid, jnp.abs(y), 0), axis=-1, keepdims=True)
+    scale = jnp.where(top > 0, top, 1)  # in the units of y (1 + max|y| stopped at once on 1e-9)
     low = jnp.where(jnp.any(valid, axis=-1, keepdims=True), low, 0)
     tail = low - scale * (1 + jnp.arange(n, dtype=y.dtype))
     z = jnp.where(valid, y, tail)
     u = jnp.where(valid, weights, 1)
     if n % 2 == 0:  # odd length: each pair set leaves one end free
-        z = jnp.concatenate([z, z[..., -1:] - scale], axis=-1)
+        # A free entry below every value (the last real one need not be the smallest).
+        z = jnp.concatenate([z, jnp.minimum(z[..., -1:], low) - scale], axis=-1)
         u = jnp.concatenate([u, jnp.ones_like(u[..., -1:])], axis=-1)
     tol_abs = (10 * float(jnp.finfo(y.dtype).eps) if tol is None else tol) * scale[..., 0]
 
@@ -335,59 +278,8 @@ def dykstra_decreasing(
     batch = y.shape[:-1]
     init = State(z, zeros, zeros, jnp.zeros(batch, jnp.int32), jnp.zeros(batch, bool))
     final = jax.lax.while_loop(unfinished, cycle, init)
-    return DykstraSolution(final.x[..., :n], final.iterations, final.converged)
-
-
-# ----------------------------------------------------------------- sparse top-k through sorting
-
-
-def sorted_threshold(
-    a: Array,
-    valid: Array,
-    k: Array,
-    eps: Array,
-    *,
-    p: float,
-    magnitude: bool,
-    method: Literal["pav", "dykstra"],
-) -> Array:
-    """The sparse top-k threshold ``tau`` by the paper's route: sort, isotonic regression, read off.
-
-    ``tau`` is the isotonic solution at sorted position ``k`` (0-based): the pooled block always
-    contains ranks ``k`` and ``k + 1``, and without pooling that entry is a zero singleton.
-    """
-    r = exponent(p)
-    order = descending_order(a, valid)
-    s = jnp.take_along_axis(jnp.where(valid, a, 0), order, axis=-1)
-    s_valid = jnp.take_along_axis(valid, order, axis=-1)
-    rank = jnp.arange(a.shape[-1], dtype=jnp.int32)
-    w = (rank < k[..., None]).astype(a.dtype)
-    length = jnp.sum(valid, axis=-1, dtype=jnp.int32)
-    if method == "pav":
-        flat = (s.reshape(-1, s.shape[-1]), w.reshape(-1, s.shape[-1]))
-
-        def one_row(s_row: Array, w_row: Array, eps_row: Array, length_row: Array) -> Array:
-            stats, merge, value = _sparse_block_problem(s_row, w_row, eps_row, r, magnitude)
-            return pav_decreasing(stats, merge, value, length_row).values
-
-        v = map_rows(one_row, *flat, eps.reshape(-1), length.reshape(-1)).reshape(s.shape)
-    elif method == "dykstra":
-        if r != 1.0:
-            raise ValueError("solver='dykstra' supports p = 2 only")
-        e = eps[..., None]
-        if magnitude:
-            weights = 1 + e * w
-            v = dykstra_decreasing(s / weights, weights, s_valid).values
-        else:
-            v = dykstra_decreasing(s - e * w, jnp.ones_like(s), s_valid).values
-    else:
-        raise ValueError(f"unknown isotonic method {method!r}")
-    position = jnp.clip(k, 0, jnp.maximum(length - 1, 0))
-    tau = jnp.take_along_axis(v, position[..., None], axis=-1)[..., 0]
-    if magnitude:  # every non-zero is a top: the sort-free solver's convention tau = 0
-        nonzero = jnp.sum(valid & (a > 0), axis=-1)
-        tau = jnp.where(k >= nonzero, 0, tau)
-    return tau
+    values = scale_by_power_of_two(final.x[..., :n], log2_scale)
+    return DykstraSolution(values, final.iterations, final.converged)
 
 
 # ------------------------------------------------------------------ public isotonic regression
@@ -396,6 +288,10 @@ def sorted_threshold(
 def _solve_l2(y: Array, weights: Array, lengths: Array, solver: str) -> tuple[Array, Array]:
     """Decreasing weighted L2 isotonic regression and the block index of every entry."""
     valid = valid_entries(y, lengths)
+    # Homogeneous: a row near the top of the range is solved 2^j times smaller (block means of
+    # ±3e38 overflow); what that flushes is far below the row's resolution.
+    log2_scale = _headroom(y, valid)
+    y = scale_by_power_of_two(y, -log2_scale)
     if solver == "pav":
         flat_y = y.reshape(-1, y.shape[-1])
         flat_w = weights.reshape(-1, y.shape[-1])
@@ -408,7 +304,8 @@ def _solve_l2(y: Array, weights: Array, lengths: Array, solver: str) -> tuple[Ar
     elif solver == "dykstra":
         values = dykstra_decreasing(y, weights, valid).values
         # Blocks of an approximate solution: equal up to a tolerance relative to the data's scale.
-        scale = 1 + jnp.max(jnp.where(valid, jnp.abs(y), 0), axis=-1, keepdims=True)
+        top = jnp.max(jnp.where(valid, jnp.abs(y), 0), axis=-1, keepdims=True)
+        scale = jnp.where(top > 0, top, 1)  # in the units of y
         jump = jnp.abs(jnp.diff(values, axis=-1)) > 1e3 * jnp.finfo(y.dtype).eps * scale
         blocks = jnp.concatenate(
             [jnp.zeros_like(lengths)[..., None], jnp.cumsum(jump, axis=-1, dtype=jnp.int32)],
@@ -416,7 +313,7 @@ def _solve_l2(y: Array, weights: Array, lengths: Array, solver: str) -> tuple[Ar
         )
     else:
         raise ValueError(f"solver must be 'pav' or 'dykstra', got {solver!r}")
-    return jnp.where(valid, values, 0), blocks
+    return jnp.where(valid, scale_by_power_of_two(values, log2_scale), 0), blocks
 
 
 def _segment_sum(values: Array, blocks: Array) -> Array:

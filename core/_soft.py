@@ -36,9 +36,13 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from core._hard import _key_to_float, _kth_largest_key, _ordered_keys
 from core._lockstep import iterate_rows
 from core._rows import (
     as_float_array,
+    finite,
+    gap_ratio,
+    inverse,
     normal_upper_quantile,
     row_k,
     row_lengths,
@@ -68,10 +72,6 @@ class SoftTopkSorted(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------
 # Shared row preparation.
-
-
-def _epsilon_floor(dtype: jnp.dtype) -> float:
-    return float(jnp.finfo(dtype).tiny) ** 0.5
 
 
 def _prepare(
@@ -114,11 +114,12 @@ def _prepare(
     return x, eps, lengths_, valid, shift, row_min
 
 
-def _max_cost(x: Array, valid: Array, anchor_max: float) -> Array:
-    """``max_ij (x_i - a_j)^2`` over the real entries and anchors in ``[0, anchor_max]``."""
+def _rescaled(eps: Array, x: Array, valid: Array, anchor_max: float) -> Array:
+    """``eps * max_ij (x_i - a_j)^2`` over the real entries and anchors in ``[0, anchor_max]``,
+    multiplied in two steps (the square alone overflows from |x| ~ 1.8e19 in float32)."""
     far = jnp.maximum(jnp.abs(x), jnp.abs(x - anchor_max))
-    far = jnp.where(valid, far, 0)
-    return jnp.max(far, axis=-1) ** 2
+    far = jnp.max(jnp.where(valid, far, 0), axis=-1)
+    return (eps * far) * far
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,17 +127,58 @@ def _max_cost(x: Array, valid: Array, anchor_max: float) -> Array:
 
 
 @jax.custom_jvp
+def _scores(x: Array, eps: Array, shift: Array) -> Array:
+    """``u = 2 (x - shift) / eps`` per row, held within ``±finfo.max / 8`` (saturated beyond).
+
+    Exact for every finite ``x`` and ``eps > 0``. With every ``eps >= 2**-100`` three roundings
+    suffice: ``(h x - h shift) * (2 / (h eps))`` with a per-row factor (never a division by a
+    broadcast ``eps``, which XLA turns into a multiplication by a flushed ``1 / eps`` beyond
+    ``2**126``) and ``h = 2**-4`` for ``eps >= 1`` (so that ``x - shift`` cannot overflow where
+    ``u`` is finite; what ``h`` flushes is below ``2**-122 / eps``). Smaller ``eps`` (the device
+    flushes subnormal operands, which then matter) take :func:`core._rows.gap_ratio`.
+
+    ``shift`` is a reference score held constant: the mask does not depend on it (the offset
+    absorbs it). The rule makes the bitwise computation differentiable to every order.
+    """
+    big = jnp.finfo(x.dtype).max / 8
+    shift = shift[..., None]
+
+    def exact(_: None) -> Array:
+        return 2 * gap_ratio(x, shift, eps[..., None])
+
+    def rounded(_: None) -> Array:
+        h = jnp.where(eps >= 1, 2.0**-4, 1.0).astype(x.dtype)
+        factor = (2 / (h * eps))[..., None]
+        return (x * h[..., None] - shift * h[..., None]) * factor
+
+    u = jax.lax.cond(jnp.all(eps >= 2.0**-100), rounded, exact, None)
+    return jnp.clip(u, -big, big)
+
+
+@_scores.defjvp
+def _scores_jvp(primals: tuple[Array, ...], tangents: tuple[Array, ...]) -> tuple[Array, Array]:
+    x, eps, shift = primals
+    dx, deps = tangents[0], tangents[1]
+    u = _scores(x, eps, shift)
+    inv = inverse(eps)[..., None]
+    return u, 2 * dx * inv - finite(u * inv) * deps[..., None]
+
+
+@jax.custom_jvp
 def _sigmoid_mask(x: Array, eps: Array, shift: Array, offset: Array, active: Array) -> Array:
     """``y = sigmoid(z)``, ``z = 2 (x - shift) / eps + c``, on the active entries (0 elsewhere).
 
+    ``shift`` is a score near the root, so the entries that are not saturated have small ``z``
+    and ``u = z - c`` (the cancellation of ``x - max`` against a large ``c`` is avoided).
     ``c`` (``offset``, an exact root passed in) is fixed by ``sum_i y_i = k`` on the active entries,
     so it is an implicit function of ``(x, eps)``. Differentiating the constraint, with
     ``w = y (1 - y)`` and ``dz0 = 2 dx / eps - (z - c) deps / eps``:
     ``dc = -sum(w dz0) / sum(w)`` (0 when every entry is saturated) and ``dy = w (dz0 + dc)``,
-    O(n) per row. The rule calls this function again, so derivatives of every order are the
-    implicit ones.
+    O(n) per row; both terms are centred on their ``w``-weighted means before dividing by
+    ``eps``. The rule calls this function again, so derivatives of every order are the implicit
+    ones.
     """
-    z = 2 * (x - shift[..., None]) / eps[..., None] + offset[..., None]
+    z = _scores(x, eps, shift) + offset[..., None]
     return jnp.where(active, jax.nn.sigmoid(jnp.where(active, z, 0)), 0)
 
 
@@ -148,11 +190,17 @@ def _sigmoid_mask_jvp(
     dx, deps = tangents[0], tangents[1]
     y = _sigmoid_mask(x, eps, shift, offset, active)
     w = y * (1 - y)  # 0 off the active entries, where y = 0
-    eps_ = eps[..., None]
-    scaled = 2 * (x - shift[..., None]) / eps_
-    dz0 = jnp.where(active, (2 * dx - scaled * deps[..., None]) / eps_, 0)
-    dc = -safe_divide(jnp.sum(w * dz0, axis=-1), jnp.sum(w, axis=-1))
-    return y, w * (dz0 + dc[..., None])
+    moving = active & (w > 0)
+    total = jnp.sum(w, axis=-1, keepdims=True)
+
+    def centred(v: Array) -> Array:
+        v = jnp.where(moving, v, 0)
+        return jnp.where(moving, v - safe_divide(jnp.sum(w * v, axis=-1, keepdims=True), total), 0)
+
+    u = _scores(x, eps, shift)
+    inv = inverse(eps)[..., None]
+    dz = 2 * centred(dx) * inv - finite(centred(u) * inv) * deps[..., None]
+    return y, w * dz
 
 
 class _NewtonRows(NamedTuple):
@@ -176,12 +224,21 @@ class _NewtonState(NamedTuple):
 
 
 def _newton_offsets(
-    u: Array, u_min: Array, valid: Array, k: Array, lengths: Array, max_iter: int, tol: float
+    u: Array,
+    u_min: Array,
+    valid: Array,
+    k: Array,
+    lengths: Array,
+    max_iter: int,
+    tol: float,
+    u_max: Array | None = None,
+    start: Array | None = None,
 ) -> tuple[Array, SoftTopkInfo]:
-    """Row offsets ``c`` with ``sum_i sigmoid(u_i + c) = k`` over the real entries (u <= 0, max 0).
+    """Row offsets ``c`` with ``sum_i sigmoid(u_i + c) = k`` over the real entries.
 
     Newton on ``H(c) = log F(c) - log(L - F(c)) - log(k / (L - k))`` (slope in (0, 1]; linear in the
-    saturated regimes), kept inside the bracket ``[log(k / L), -min u + log(k / (L - k))]`` and
+    saturated regimes), kept inside the bracket
+    ``[log(k / L) - max u, -min u + log(k / (L - k))]`` (``max u`` is 0 unless given) and
     falling back to bisection. ``exp(u_i + center)`` is evaluated once per "center" and rescaled by
     ``exp(c - center)`` at each iterate, so a step costs no transcendental per entry unless the
     iterate has moved more than ``reach`` from the center (then the row's exponentials are
@@ -238,7 +295,9 @@ def _newton_offsets(
         lo = jnp.where(residual <= 0, offset, state.lo)
         hi = jnp.where(residual >= 0, offset, state.hi)
         newton = offset - safe_divide(residual, dres)
-        inside = (dres > 0) & (newton > lo) & (newton < hi)
+        # Where every entry is saturated the slope is negligible and Newton only creeps (steps of
+        # about 1 / H' across a plateau): bisect there instead.
+        inside = (dres > 1e-6) & (newton > lo) & (newton < hi)
         proposal = jnp.where(inside, newton, 0.5 * (lo + hi))
         stuck = hi - lo <= 4 * jnp.finfo(dtype).eps * (1 + jnp.abs(offset))
         solved = (jnp.abs(residual) <= tol) | stuck
@@ -260,14 +319,17 @@ def _newton_offsets(
             iterations=state.iterations + active.astype(jnp.int32),
         )
 
-    # H(lo) <= 0 at lo = log(k / L): there F = sum sigmoid(u + lo) <= L sigmoid(lo) <= L e^lo = k.
+    # H(lo) <= 0 at lo = log(k / L) - max u: there F <= L sigmoid(max u + lo) <= L e^(max u + lo) = k.
     lo = jnp.log(kf) - jnp.log(lengths.astype(dtype))
+    if u_max is not None:
+        lo = lo - u_max
     hi = jnp.maximum(-u_min + target, lo)
-    # Start where a normal fit puts the (k + 1/2)-th largest score: in the small-eps regime the
-    # root sits between the k-th and (k+1)-th scores, and from the all-tail end of the bracket
-    # Newton only creeps towards it (about one unit of u per step across a wide gap).
-    guess = -normal_upper_quantile(u, valid, jnp.where(inner, k, 0).astype(dtype) + 0.5)
-    start = jnp.clip(guess, lo, hi)
+    if start is None:
+        # Start where a normal fit puts the (k + 1/2)-th largest score: in the small-eps regime
+        # the root sits between the k-th and (k+1)-th scores, and from the all-tail end of the
+        # bracket Newton only creeps towards it (about one unit of u per step across a wide gap).
+        start = -normal_upper_quantile(u, valid, jnp.where(inner, k, 0).astype(dtype) + 0.5)
+    start = jnp.clip(start, lo, hi)
     scaled_exp = jnp.where(valid, jnp.exp(jnp.minimum(u + start[:, None], cap)), 0)
     state = _NewtonState(
         offset=start,
@@ -368,6 +430,65 @@ def _sinkhorn(
 # Public: the mask.
 
 
+def _threshold_guess(x: Array, valid: Array, k: Array) -> Array:
+    """Where a normal fit to the row puts the (k + 1/2)-th largest score."""
+    return normal_upper_quantile(x, valid, k.astype(x.dtype) + 0.5)
+
+
+def _kth_largest(x: Array, valid: Array, k: Array) -> Array:
+    """The k-th largest real entry of each row, exactly (:mod:`core._hard`'s selection)."""
+    k = jnp.maximum(k, 1)
+    key = _kth_largest_key(_ordered_keys(x), valid, k, _threshold_guess(x, valid, k))
+    return _key_to_float(key, x.dtype)
+
+
+def _tail_balance(u: Array, valid: Array, top: Array) -> Array:
+    """The offset that balances the two tails deep in saturation: a start for :func:`_polish`.
+
+    With ``T`` (``top``) k entries and ``R`` the rest, ``sum_i sigmoid(u_i + c) = k`` reads
+    ``sum_T sigmoid(-u - c) = sum_R sigmoid(u + c)``; where every ``|u_i + c|`` is large both sides
+    are exponentials and ``c = (LSE_T(-u) - LSE_R(u)) / 2``.
+    """
+    lse_top = jax.nn.logsumexp(jnp.where(top, -u, -jnp.inf), axis=-1)
+    lse_rest = jax.nn.logsumexp(jnp.where(valid & ~top, u, -jnp.inf), axis=-1)
+    balance = 0.5 * (lse_top - lse_rest)
+    return jnp.where(jnp.isfinite(balance), balance, 0)
+
+
+def _polish(u: Array, valid: Array, top: Array, offset: Array, steps: int = 3) -> Array:
+    """Newton steps on ``G(c) = log sum_R sigmoid(u + c) - log sum_T sigmoid(-u - c)``.
+
+    ``G = 0`` is ``sum sigmoid(u + c) = k`` for any k-subset ``T``; unlike ``F(c) - k`` it keeps the
+    exponentially small tails of a saturated row (F = k to rounding on a whole plateau, where
+    Newton on F stops anywhere). ``G' = sum_R p sigmoid(-z) + sum_T q sigmoid(z)`` lies in (0, 2]
+    with ``p``, ``q`` the softmax weights of the two log-sums: quadratic convergence.
+    """
+    rest = valid & ~top
+
+    def step(_: int, c: Array) -> Array:
+        z = u + c[:, None]
+        log_rest = jnp.where(rest, jax.nn.log_sigmoid(z), -jnp.inf)
+        log_top = jnp.where(top, jax.nn.log_sigmoid(-z), -jnp.inf)
+        lse_rest = jax.nn.logsumexp(log_rest, axis=-1, keepdims=True)
+        lse_top = jax.nn.logsumexp(log_top, axis=-1, keepdims=True)
+        slope = jnp.sum(
+            jnp.where(rest, jnp.exp(log_rest - lse_rest) * jax.nn.sigmoid(-z), 0), axis=-1
+        ) + jnp.sum(jnp.where(top, jnp.exp(log_top - lse_top) * jax.nn.sigmoid(z), 0), axis=-1)
+        g = (lse_rest - lse_top)[:, 0]
+        moved = c - safe_divide(g, slope)
+        return jnp.where(jnp.isfinite(moved), moved, c)
+
+    return jax.lax.fori_loop(0, steps, step, offset)
+
+
+def _largest_k(u: Array, valid: Array, k: Array) -> Array:
+    """The k largest entries when ``u`` is measured from the k-th largest (ties: lower index)."""
+    above = valid & (u > 0)
+    ties = valid & (u == 0)
+    needed = (k - jnp.sum(above, axis=-1))[:, None]
+    return above | (ties & (jnp.cumsum(ties, axis=-1) <= needed))
+
+
 def _soft_mask_impl(
     x: ArrayLike,
     k: ArrayLike,
@@ -378,28 +499,80 @@ def _soft_mask_impl(
     max_iter: int | None,
     tol: float | None,
 ) -> tuple[Array, SoftTopkInfo]:
-    x, eps, lengths_, valid, shift, row_min = _prepare(x, epsilon, lengths)
+    x, eps, lengths_, valid, _, _ = _prepare(x, epsilon, lengths)
     k_ = row_k(x, k, lengths_)
     if rescale_cost:
-        eps = eps * _max_cost(x, valid, 1.0)
-    eps = jnp.maximum(eps, _epsilon_floor(x.dtype))
+        eps = _rescaled(eps, x, valid, 1.0)
     batch, n = x.shape[:-1], x.shape[-1]
     flat = (-1, n)
     sx = jax.lax.stop_gradient(x).reshape(flat)
     seps = jax.lax.stop_gradient(eps).reshape(-1)
     svalid, sk, slen = valid.reshape(flat), k_.reshape(-1), lengths_.reshape(-1)
-    u = 2 * (sx - shift.reshape(-1)[:, None]) / seps[:, None]
+    # Scores are measured from a point near the root (a normal fit's guess, then the root found):
+    # the entries that are not saturated then have small scores, exact to the dtype, whatever
+    # the row's range (u = 2 (x - max) / eps would hold them only to ulp((max - x_(k)) / eps)).
+    reference = _threshold_guess(sx, svalid, sk)
+    u = _scores(sx, seps, reference)
     finfo = jnp.finfo(x.dtype)
+    inner = (sk > 0) & (sk < slen)
     if solver == "newton":
-        u_min = 2 * (row_min.reshape(-1) - shift.reshape(-1)) / seps
-        offset, info = _newton_offsets(
-            u,
-            u_min,
-            svalid,
-            sk,
-            slen,
-            max_iter=100 if max_iter is None else max_iter,
-            tol=32 * float(finfo.eps) if tol is None else tol,
+
+        def solve(u: Array, start: Array, iterations: int) -> tuple[Array, SoftTopkInfo]:
+            u_min = jnp.min(jnp.where(svalid, u, jnp.inf), axis=-1)
+            u_max = jnp.max(jnp.where(svalid, u, -jnp.inf), axis=-1)
+            return _newton_offsets(
+                u,
+                u_min,
+                svalid,
+                sk,
+                slen,
+                max_iter=iterations if max_iter is None else max_iter,
+                tol=32 * float(finfo.eps) if tol is None else tol,
+                u_max=u_max,
+                start=start,
+            )
+
+        offset, info = solve(u, jnp.zeros_like(seps), 30)
+        # A root far from the reference (|c| > 16) is only as exact as ulp(c): measure those rows
+        # again from the root found. A row whose first solve did not converge (the root among
+        # saturated scores: a wide gap, or a row unlike a normal fit) starts again from its k-th
+        # largest entry, selected exactly, at the balance of the two tails.
+        # Where no entry is within 8 of the root the row is saturated: Newton stopped somewhere on
+        # a plateau, and the tail balance below places the root.
+        closest = jnp.min(jnp.where(svalid, jnp.abs(u + offset[:, None]), jnp.inf), axis=-1)
+        again = inner & ((jnp.abs(offset) > 16) | ~info.converged | (closest > 8))
+
+        def recentre(_: None) -> tuple[Array, Array, SoftTopkInfo]:
+            lost = again & ~info.converged
+            # The root in the units of x (its rounding is absorbed by the new offset).
+            moved = reference - offset * (0.5 * seps)
+            moved = jnp.where(jnp.isfinite(moved), moved, reference)
+            start = jnp.zeros_like(offset)
+
+            def select(_: None) -> tuple[Array, Array]:
+                kth = _kth_largest(sx, svalid, sk)
+                closer = _scores(sx, seps, kth)
+                balance = _tail_balance(closer, svalid, _largest_k(closer, svalid, sk))
+                return jnp.where(lost, kth, moved), jnp.where(lost, balance, start)
+
+            moved, start = jax.lax.cond(jnp.any(lost), select, lambda _: (moved, start), None)
+            closer = _scores(sx, seps, moved)
+            new_offset, new_info = solve(closer, start, 100)
+            # Where the k largest are apart from the rest (a saturated row), Newton on F stopped
+            # somewhere on a plateau: place the root by the balance of the two tails.
+            top = svalid & (closer + new_offset[:, None] > 0)
+            split = jnp.sum(top, axis=-1) == sk
+            new_offset = jnp.where(split, _polish(closer, svalid, top, new_offset), new_offset)
+            keep = ~again
+            merged = SoftTopkInfo(
+                info.iterations + jnp.where(keep, 0, new_info.iterations),
+                jnp.where(keep, info.converged, new_info.converged | split),
+                jnp.where(keep, info.error, jnp.where(split, 0, new_info.error)),
+            )
+            return jnp.where(keep, reference, moved), jnp.where(keep, offset, new_offset), merged
+
+        reference, offset, info = jax.lax.cond(
+            jnp.any(again), recentre, lambda _: (reference, offset, info), None
         )
     elif solver == "sinkhorn":
         anchors = jnp.array([0.0, 1.0], x.dtype)
@@ -412,14 +585,14 @@ def _soft_mask_impl(
             max_iter=10_000 if max_iter is None else max_iter,
             tol=(1e-6 if finfo.bits <= 32 else 1e-12) if tol is None else tol,
         )
-        inner = (sk > 0) & (sk < slen)
         offset = jnp.where(inner, beta[:, 1] - jnp.where(inner, beta[:, 0], 0), 0)
     else:
         raise ValueError(f"solver must be 'newton' or 'sinkhorn', got {solver!r}")
     offset = jax.lax.stop_gradient(offset.reshape(batch))
+    reference = jax.lax.stop_gradient(reference.reshape(batch))
     inner = (k_ > 0) & (k_ < lengths_)
     active = valid & inner[..., None]
-    mask = _sigmoid_mask(x, eps, shift, offset, active)
+    mask = _sigmoid_mask(x, eps, reference, offset, active)
     mask = jnp.where(valid & (k_ >= lengths_)[..., None], 1, mask).astype(x.dtype)
     info = SoftTopkInfo(*(field.reshape(batch) for field in info))
     return mask, info
@@ -483,9 +656,12 @@ def soft_topk_mask(
     ``epsilon -> 0`` (when the k-th and (k+1)-th values differ). This is the official SOFT operator
     applied to ``-x`` and ott-jax's ``soft_sort.topk_mask`` with an identity squashing function.
 
-    The root is exact to the dtype: the result depends on ``x`` only through ``2 x / epsilon``, so in
-    float32 it is resolved to about ``1e-7 * max|x| / epsilon`` (``info`` reports rows whose residual
-    could not reach ``tol``). ``-inf`` scores (masked logits) become ``min - max(max - min, 1)``
+    The result depends on ``x`` only through ``2 (x_i - x_j) / epsilon``, and it is exact to a few
+    ulps for every finite ``x`` and every ``epsilon > 0`` of the dtype: scores are measured from
+    a point near the root, never from the row's maximum, so a huge ``(max - x_(k)) / epsilon``
+    costs no precision, and on a saturated row (a wide gap around the k-th score) the root is
+    placed by the log-domain balance of the two tails (``info`` reports rows whose residual could
+    not reach ``tol``). ``-inf`` scores (masked logits) become ``min - max(max - min, 1)``
     of the row's finite scores, as in the official code; ``+inf`` and NaN are not supported.
 
     Derivatives (forward and reverse) come from the implicit function theorem, in O(n) per row:
@@ -536,8 +712,10 @@ def soft_topk_mask(
 
 
 def _sorted_scores(x: Array, eps: Array, shift: Array, m: int) -> Array:
+    """``s_ij = u_i a_j`` with ``u = 2 (x - shift) / eps`` (:func:`_scores`), held finite."""
     anchors = jnp.arange(m - 1, -1, -1, dtype=x.dtype)
-    return (2 * (x - shift[..., None]) / eps[..., None])[..., None] * anchors
+    bound = jnp.finfo(x.dtype).max / (8 * m)
+    return jnp.clip(_scores(x, eps, shift), -bound, bound)[..., None] * anchors
 
 
 @jax.custom_jvp
@@ -568,10 +746,16 @@ def _sorted_potentials_jvp(
     scores = _sorted_scores(x, eps, shift, m)
     plan = jnp.where(valid[..., None], jax.nn.softmax(beta[..., None, :] + scores, axis=-1), 0)
     anchors = jnp.arange(m - 1, -1, -1, dtype=x.dtype)
-    e = (2 * dx[..., None] * anchors - scores * deps[..., None, None]) / eps[..., None, None]
-    e = jnp.where(valid[..., None], e, 0)
-    ebar = jnp.sum(plan * e, axis=-1, keepdims=True)
-    r = jnp.sum(plan * (e - ebar), axis=-2)
+    # e_ij - ebar_i = (a_j - abar_i) (2 dx_i - u_i deps) / eps: centred first, so that a saturated
+    # entry (one-hot row, huge u_i) contributes exactly 0.
+    spread = jnp.where(plan > 0, anchors - jnp.sum(plan * anchors, axis=-1, keepdims=True), 0)
+    u = jnp.clip(_scores(x, eps, shift), -jnp.finfo(x.dtype).max / (8 * m), None)
+    inv = inverse(eps)[..., None, None]
+    centred = (
+        spread * (2 * dx[..., None]) * inv
+        - finite(spread * u[..., None] * inv) * deps[..., None, None]
+    )
+    r = jnp.sum(plan * jnp.where(valid[..., None], centred, 0), axis=-2)
     col = jnp.sum(plan, axis=-2)
     used = (jax.lax.stop_gradient(col) > 0).astype(x.dtype)
     gram = jnp.einsum("...ij,...il->...jl", plan, plan)
@@ -615,8 +799,12 @@ def soft_topk_sorted(
     Row ``j`` of ``A`` tends to the one-hot of the (j+1)-th largest entry as ``epsilon -> 0``. Solved by
     a log-domain Sinkhorn (stopping on the L1 marginal error ``tol``, at most ``max_iter``
     iterations; see ``info``). Derivatives (forward and reverse) by the implicit function theorem
-    on the converged plan: O(n k^2 + k^3) per row. The anchors are one unit apart, so ``x`` (or
-    ``epsilon``) should be on that scale, or use ``rescale_cost``.
+    on the converged plan: O(n k^2 + k^3) per row. The plan depends on ``x`` through
+    ``2 (x_i - max x) a_j / epsilon``, measured from the row's maximum: Sinkhorn converges while
+    the top of the row spans a moderate multiple of ``epsilon`` (the anchors are one unit apart,
+    so ``x`` or ``epsilon`` should be on that scale, or use ``rescale_cost``); far beyond (a hard
+    regime, ``(max - x_(k+1)) k / epsilon`` near ``1 / finfo.eps``) ``info.converged`` is False and
+    the values are not to be used. Outputs stay finite for every finite ``x`` and ``epsilon > 0``.
 
     ``k`` must be a static Python int because the output shape depends on it (under ``jit``, mark it
     static). Rows with fewer than ``k`` real entries get zero rows in ``A`` beyond their length.
@@ -654,8 +842,7 @@ def soft_topk_sorted(
         info = SoftTopkInfo(zeros, zeros == 0, jnp.zeros(batch, x.dtype))
         return SoftTopkSorted(jnp.zeros((*batch, 0), x.dtype), jnp.zeros((*batch, 0, n)), info)
     if rescale_cost:
-        eps = eps * _max_cost(x, valid, float(k))
-    eps = jnp.maximum(eps, _epsilon_floor(x.dtype))
+        eps = _rescaled(eps, x, valid, float(k))
     m = k + 1
     sx = jax.lax.stop_gradient(x).reshape(-1, n)
     seps = jax.lax.stop_gradient(eps).reshape(-1)

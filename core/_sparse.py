@@ -32,9 +32,10 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from core._isotonic import sorted_threshold
 from core._rows import as_float_array, row_k, row_lengths, row_param, safe_divide, valid_entries
+from core._sparse_isotonic import sorted_threshold
 from core._threshold import exponent, power, solve_threshold
+from core._units import magnitude_units, mask_units, scale_by_power_of_two
 
 Solver = Literal["auto", "threshold", "pav", "dykstra"]
 SOLVERS: tuple[str, ...] = ("auto", "threshold", "pav", "dykstra")
@@ -57,18 +58,47 @@ def _threshold(
 
 
 def _mask_parts(
-    x: Array, tau: Array, k: Array, eps: Array, valid: Array
+    x: Array, tau: Array, k: Array, eps: Array, valid: Array, r: float
 ) -> tuple[Array, Array, Array]:
     """``z = (x - tau)/eps`` and the saturated (top) and pooled (block) entries of each row.
 
     A block whose tops already carry all of ``k`` is empty: its members are exactly 0 (rounding in
-    ``tau`` must not leave them a 1e-16 share).
+    ``tau`` must not leave them a 1e-16 share). Ties at the threshold with ``eps`` below the float
+    spacing there: ``x - tau`` cannot be resolved, so ``tau`` lands one ulp from the tied value
+    (more than ``k`` tops, or a block of zeros); see :func:`_tied_block`.
     """
-    z = (x - tau[..., None]) / eps[..., None]
+    t = tau[..., None]
+    top = valid & ((x - t) / eps[..., None] >= 1)
+    t = _onto_ties(x, t, top, k)
+    z = (x - t) / eps[..., None]
     top = valid & (z >= 1)
     room = (jnp.sum(top, axis=-1) < k)[..., None]
-    block = valid & (z > 0) & (z < 1) & room
-    return z, top, block
+    block = valid & (z >= 0) & (z < 1) & room
+    weight = (k - jnp.sum(top, axis=-1)).astype(x.dtype)
+    return _tied_block(z, block, weight, r), top, block
+
+
+def _onto_ties(x: Array, t: Array, top: Array, k: Array) -> Array:
+    """``tau`` moved onto the smallest top value where more than ``k`` entries are tops and the
+    excess is a group of equal values: ties straddling a rounded ``tau`` (each top carries 1)."""
+    tie = jnp.min(jnp.where(top, x, jnp.inf), axis=-1, keepdims=True)
+    tied = jnp.sum(top & (x == tie), axis=-1)
+    count = jnp.sum(top, axis=-1)
+    straddle = ((count > k) & (count - tied < k) & (tied > 1))[..., None]
+    return jnp.where(straddle, tie, t)
+
+
+def _tied_block(z: Array, block: Array, mass: Array, r: float) -> Array:
+    """``z`` with a block of exact ties at ``tau`` (all ``z = 0``) given its exact value.
+
+    Equal scores get equal outputs, so each carries ``mass / |block|``: ``z = (mass / |block|)^(1/r)``
+    (the limit of the tied block as the rounding of ``tau`` vanishes; derivatives use it too).
+    """
+    count = jnp.sum(block, axis=-1)
+    tied = (jnp.sum(jnp.where(block, z, 0), axis=-1) == 0) & (count > 0) & (mass > 0)
+    share = safe_divide(mass, count.astype(z.dtype))
+    level = jnp.where(tied, share, 1) ** (1.0 / r)
+    return jnp.where(block & tied[..., None], level[..., None], z)
 
 
 def _carry_block_mass(pooled: Array, block: Array, mass: Array, cap: Array) -> Array:
@@ -94,7 +124,7 @@ def _mask_from_parts(z: Array, top: Array, block: Array, k: Array, r: float) -> 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def _mask(x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str) -> Array:
     tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
-    z, top, block = _mask_parts(x, tau, k, eps, valid_entries(x, lengths))
+    z, top, block = _mask_parts(x, tau, k, eps, valid_entries(x, lengths), exponent(p))
     return _mask_from_parts(z, top, block, k, exponent(p))
 
 
@@ -107,7 +137,7 @@ def _mask_jvp(
     r = exponent(p)
     valid = valid_entries(x, lengths)
     tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
-    z, top, free = _mask_parts(x, tau, k, eps, valid)
+    z, top, free = _mask_parts(x, tau, k, eps, valid, r)
     y = _mask_from_parts(z, top, free, k, r)
     # y = z^r on the pooled block F = {0 < z < 1}, z = (x - tau)/eps;  sum_F dy = 0 fixes dtau.
     d = jnp.where(free, (r / eps[..., None]) * power(jnp.where(free, z, 0), r - 1.0), 0)
@@ -121,20 +151,25 @@ def _mask_jvp(
 
 def _magnitude_parts(
     x: Array, tau: Array, k: Array, eps: Array, valid: Array, r: float
-) -> tuple[Array, Array, Array, Array]:
-    """``z = (|x| - tau)_+/eps``, ``u = z^r`` and the top and block entries of each row.
+) -> tuple[Array, Array, Array, Array, Array]:
+    """``z = (|x| - tau)_+/eps``, ``u = z^r``, the top and block entries and ``tau`` of each row.
 
     Tops satisfy ``u >= tau`` and keep ``x``; the block ``|x| > tau, u < tau`` is empty when the tops
-    already carry all of ``k`` (threshold_forms.md: then every non-top output is exactly 0).
+    already carry all of ``k`` (its weight ``W = k - #tops`` is 0: every non-top output is 0).
+    Ties at the threshold are handled as in :func:`_mask_parts` (each tie carries ``W tau / m``).
     """
     a = jnp.abs(x)
     t = tau[..., None]
+    top = valid & (a > t) & (power(jnp.maximum(a - t, 0) / eps[..., None], r) >= t)
+    t = _onto_ties(a, t, top, k)
     z = jnp.maximum(a - t, 0) / eps[..., None]
     u = power(z, r)
     top = valid & (a > t) & (u >= t)
     room = (jnp.sum(top, axis=-1) < k)[..., None]
-    block = valid & (a > t) & (u < t) & room
-    return z, u, top, block
+    block = valid & (a >= t) & (a > 0) & (u < t) & room
+    weight = (k - jnp.sum(top, axis=-1)).astype(x.dtype)
+    z = _tied_block(z, block, weight * t[..., 0], r)
+    return z, power(z, r), top, block, t[..., 0]
 
 
 def _magnitude_from_parts(
@@ -150,7 +185,8 @@ def _magnitude_from_parts(
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def _magnitude(x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str) -> Array:
     tau = _threshold(jnp.abs(x), k, eps, lengths, p, solver, magnitude=True)
-    _, u, top, block = _magnitude_parts(x, tau, k, eps, valid_entries(x, lengths), exponent(p))
+    valid = valid_entries(x, lengths)
+    _, u, top, block, tau = _magnitude_parts(x, tau, k, eps, valid, exponent(p))
     return _magnitude_from_parts(x, tau, u, top, block, k)
 
 
@@ -163,7 +199,7 @@ def _magnitude_jvp(
     r = exponent(p)
     valid = valid_entries(x, lengths)
     tau = _threshold(jnp.abs(x), k, eps, lengths, p, solver, magnitude=True)
-    z, u, top, block = _magnitude_parts(x, tau, k, eps, valid, r)
+    z, u, top, block, tau = _magnitude_parts(x, tau, k, eps, valid, r)
     out = _magnitude_from_parts(x, tau, u, top, block, k)
     # On the block B: out = sign(x)(u + |x| - tau), u = z^r, sum_B u = W tau with W = k - #tops.
     weight = (k - jnp.sum(top, axis=-1)).astype(x.dtype)
@@ -226,6 +262,7 @@ def sparse_topk_mask(
         Array([1.  , 0.  , 0.75, 0.  , 0.25], dtype=float32)
     """
     x_, k_, eps_, lengths_ = _prepare(x, k, epsilon, p, lengths)
+    x_, eps_ = mask_units(x_, eps_, valid_entries(x_, lengths_))  # exact at every scale
     return _mask(x_, k_, eps_, lengths_, float(p), str(solver))
 
 
@@ -264,7 +301,8 @@ def sparse_topk_magnitude(
     top-k-in-magnitude energy) the output is ``u* + eps grad Omega(u*)``: unpooled top entries are
     returned exactly, entries outside the support are exactly 0, and the few entries pooled around
     the k-th magnitude are shrunk smoothly. Computed as ``u + (s - v)`` (never NaN) and exact for any
-    ``p > 1`` (the official code's p-general path is wrong; see paper_spec §5.5).
+    ``p > 1`` (unlike the official code's general-p path, whose bisection bracket
+    ``min(s) - eps max(w)^(1/(q-1))`` is not a lower bound of the magnitude block root).
 
     Args: as :func:`sparse_topk_mask`.
 
@@ -277,4 +315,7 @@ def sparse_topk_magnitude(
         Array([ 0.9028, -0.6861,  0.    ,  3.    , -0.    ,  0.4694], dtype=float32)
     """
     x_, k_, eps_, lengths_ = _prepare(x, k, epsilon, p, lengths)
-    return _magnitude(x_, k_, eps_, lengths_, float(p), str(solver))
+    valid = valid_entries(x_, lengths_)
+    x_, eps_, log2_scale = magnitude_units(x_, eps_, valid, float(p), exponent(p))
+    out = _magnitude(x_, k_, eps_, lengths_, float(p), str(solver))
+    return scale_by_power_of_two(out, log2_scale[..., None])  # exact at every scale

@@ -2,7 +2,8 @@ r"""Sort-free solver for the sparse top-k operators: one threshold ``tau`` per r
 
 For ``w = 1_k`` the permutahedron is the hypersimplex and the isotonic reduction pools a single block
 around rank ``k``, so both operators are element-wise functions of ``x`` and one scalar ``tau`` per
-row (see ``shared/research/threshold_forms.md``). With ``r = 1/(p - 1)``:
+row (the isotonic reduction of Sander et al., ICML 2023, built on Blondel et al., ICML 2020,
+Prop. 3). With ``r = 1/(p - 1)``:
 
 - mask:       ``y_i = clip(((x_i - tau)_+ / eps)^r, 0, 1)``,  ``tau`` solves ``sum_i y_i = k``;
 - magnitude:  ``u_i = ((|x_i| - tau)_+ / eps)^r``,  ``tau > 0`` solves ``sum_i clip(u_i / tau, 0, 1) = k``.
@@ -25,7 +26,7 @@ from jax import Array
 from jax.scipy.special import ndtri
 
 from core._lockstep import iterate_rows
-from core._rows import normal_upper_quantile, safe_divide
+from core._rows import key_midpoint, key_span, normal_upper_quantile, safe_divide
 
 
 class ThresholdSolution(NamedTuple):
@@ -65,15 +66,21 @@ def _depressed_cubic_root(p_coef: Array, q_coef: Array) -> Array:
     """The real root of ``t^3 + P t + Q = 0`` for ``P >= 0`` (monotone, one real root).
 
     Cardano with the larger-magnitude cube root (no cancellation inside the root), then two Newton
-    steps to remove the cancellation of ``u - P / (3u)`` when ``P^3 >> Q^2``.
+    steps to remove the cancellation of ``u - P / (3u)`` when ``P^3 >> Q^2``. Solved for
+    ``t / lam`` with ``lam = max(sqrt(P), cbrt(|Q|))``, whose coefficients are at most 1: ``P^3``
+    overflows float32 from ``P ~ 2^42`` (a large ``eps^3 W``).
     """
+    lam = jnp.maximum(jnp.sqrt(p_coef), _cbrt(jnp.abs(q_coef)))
+    lam = jnp.where(lam > 0, lam, 1)
+    p_coef = p_coef / (lam * lam)
+    q_coef = q_coef / lam / lam / lam
     disc = jnp.sqrt(0.25 * q_coef * q_coef + (p_coef / 3.0) ** 3)
     u = _cbrt(-0.5 * q_coef - jnp.where(q_coef >= 0, disc, -disc))
     t = u - safe_divide(p_coef, 3.0 * u)
     for _ in range(2):
         slope = 3.0 * t * t + p_coef
         t = t - safe_divide(t * t * t + p_coef * t + q_coef, slope)
-    return t
+    return t * lam
 
 
 def cubic_block_root(
@@ -260,6 +267,8 @@ def solve_threshold(
         excess = part.total - kf
         exact = excess == 0
         same = (part.n_top == s.n_top) & (part.n_block == s.n_block)
+        if magnitude:  # u / tau: tau matters relative to itself (it may be far below max |x|)
+            tol = 4 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(part.candidate), jnp.abs(s.tau))
         close = jnp.abs(part.candidate - s.tau) <= tol
         settled = same & close
         moves_lo = excess > 0
@@ -278,8 +287,16 @@ def solve_threshold(
         inside = (part.candidate > lo) & (part.candidate < hi)
         share = safe_divide(excess_lo, excess_lo - excess_hi)
         false_position = lo + jnp.clip(share, 0.0, 1.0) * (hi - lo)
-        mid = 0.5 * (lo + hi)
-        fallback = jnp.where((false_position > lo) & (false_position < hi), false_position, mid)
+        # A row still open after 12 steps with a bracket over many binades (a root near 1e-9
+        # inside ±1e30) is halved in the floats' order: at most 32 (64) more steps, where halving
+        # values or false position creep.
+        wide = (key_span(lo, hi) > 2 ** (jnp.finfo(dtype).nmant + 3)) & (s.iterations >= 12)
+        halfway = key_midpoint(lo, hi)
+        if magnitude:  # tau > 0 divides: a subnormal tau would read as 0
+            halfway = jnp.maximum(halfway, jnp.finfo(dtype).tiny)
+        mid = jnp.where(wide, halfway, 0.5 * (lo + hi))
+        regula = (false_position > lo) & (false_position < hi) & ~wide
+        fallback = jnp.where(regula, false_position, mid)
         collapsed = (mid <= lo) | (mid >= hi)
         # A block root on the bracket's edge (within rounding) is the root at a kink of the sum,
         # where float rounding keeps the partitions on both sides from ever reproducing.
@@ -289,7 +306,7 @@ def solve_threshold(
         at_edge = (on_root[..., 0] & (jnp.abs(part.candidate - lo) <= tol)) | (
             on_root[..., 1] & (jnp.abs(part.candidate - hi) <= tol)
         )
-        nxt = jnp.where(inside | close | at_edge, part.candidate, fallback)
+        nxt = jnp.where(inside | ((close | at_edge) & ~wide), part.candidate, fallback)
         finished = s.done | exact | settled | collapsed | at_edge
         new = State(
             tau=jnp.where(s.done | exact | settled | collapsed, s.tau, nxt),

@@ -9,6 +9,10 @@ Three independent routes to the sparse top-k operators:
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal, localcontext
+from fractions import Fraction
+
 import numpy as np
 from scipy.optimize import isotonic_regression as scipy_isotonic
 
@@ -128,3 +132,197 @@ def hard_mask(x: np.ndarray, k: int) -> np.ndarray:
 def central_difference(f, x: np.ndarray, direction: np.ndarray, h: float = 1e-6) -> np.ndarray:
     """Directional derivative of f at x along direction, by central differences."""
     return (np.asarray(f(x + h * direction)) - np.asarray(f(x - h * direction))) / (2 * h)
+
+
+# ------------------------------------------------------ soft sort / rank in 120-digit decimals
+#
+# fast-soft-sort's definitions evaluated literally (``s - w``, then ``s - v``) in decimal arithmetic
+# with 120 significant digits: enough to keep every float32 score and epsilon exact through the
+# cancellations that the float implementation must avoid (|x| / eps up to 1e84).
+
+DIGITS = 120
+
+
+def _lse(values: list[Decimal]) -> Decimal:
+    top = max(values)
+    return top + sum((v - top).exp() for v in values).ln()
+
+
+def _pav(n: int, block_value) -> list[Decimal]:  # type: ignore[no-untyped-def]
+    """Decreasing PAV: ``block_value(start, end)`` is the optimal value of entries [start, end)."""
+    blocks: list[tuple[int, int, Decimal]] = []
+    for i in range(n):
+        start, value = i, block_value(i, i + 1)
+        while blocks and blocks[-1][2] <= value:
+            start = blocks.pop()[0]
+            value = block_value(start, i + 1)
+        blocks.append((start, i + 1, value))
+    out: list[Decimal] = [Decimal(0)] * n
+    for start, end, value in blocks:
+        out[start:end] = [value] * (end - start)
+    return out
+
+
+def _isotonic(y: list[Decimal], w: list[Decimal], regularization: str) -> list[Decimal]:
+    """fast-soft-sort's ``Isotonic(y, w)``: l2 iso(y - w), kl blocks LSE(y_B) - LSE(w_B)."""
+    if regularization == "l2":
+        d = [a - b for a, b in zip(y, w, strict=True)]
+        return _pav(len(y), lambda i, j: sum(d[i:j]) / (j - i))
+    return _pav(len(y), lambda i, j: _lse(y[i:j]) - _lse(w[i:j]))
+
+
+def soft_rank_oracle(
+    x: np.ndarray, eps: float, descending: bool, regularization: str
+) -> np.ndarray:
+    """SoftRank of fast-soft-sort: P_Q(±x / eps, rho) (l2), exp(P_Q(±x / eps, log rho)) (kl)."""
+    with localcontext() as ctx:
+        ctx.prec = DIGITS
+        n = len(x)
+        e = Decimal(float(eps))
+        z = [Decimal(float(v)) / e * (-1 if descending else 1) for v in x]
+        order = sorted(range(n), key=lambda i: -z[i])
+        s = [z[i] for i in order]
+        rho = [Decimal(n - i) for i in range(n)]
+        w = rho if regularization == "l2" else [r.ln() for r in rho]
+        v = _isotonic(s, w, regularization)
+        primal = [a - b for a, b in zip(s, v, strict=True)]
+        if regularization == "kl":
+            primal = [p.exp() for p in primal]
+        out = np.empty(n)
+        for j, i in enumerate(order):
+            out[i] = float(primal[j])
+        return out
+
+
+def soft_sort_oracle(
+    x: np.ndarray, eps: float, descending: bool, regularization: str
+) -> np.ndarray:
+    """SoftSort of fast-soft-sort: sign * (rho / eps - Isotonic(rho / eps, sort_desc(sign * x)))."""
+    with localcontext() as ctx:
+        ctx.prec = DIGITS
+        n = len(x)
+        sign = 1 if descending else -1
+        e = Decimal(float(eps))
+        s = sorted((Decimal(float(v)) * sign for v in x), reverse=True)
+        w = [Decimal(n - i) / e for i in range(n)]
+        v = _isotonic(w, s, regularization)
+        return np.array([float(sign * (a - b)) for a, b in zip(w, v, strict=True)])
+
+
+# ----------------------------------------------- sparse top-k in 120-digit decimals (any scale)
+
+
+def _bisect_decreasing(total, target: Decimal, lo: Decimal, hi: Decimal) -> Decimal:  # type: ignore[no-untyped-def]
+    """The root of the non-increasing ``total(t) = target`` in [lo, hi] by 420 bisections."""
+    for _ in range(420):
+        mid = (lo + hi) / 2
+        if total(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _power(z: Decimal, r: Decimal) -> Decimal:
+    return z**r if z > 0 else Decimal(0)
+
+
+def decimal_sparse_mask(x: np.ndarray, k: int, eps: float, p: float) -> np.ndarray:
+    """y_i = clip(((x_i - tau)_+ / eps)^r, 0, 1) with sum y = k (Sander et al. 2023, the mask)."""
+    with localcontext() as ctx:
+        ctx.prec = DIGITS
+        xs = [Decimal(float(v)) for v in x]
+        e = Decimal(float(eps))
+        r = 1 / (Decimal(float(p)) - 1)
+        if abs(r - r.to_integral_value()) < Decimal("1e-9"):
+            r = r.to_integral_value()
+
+        def mask(t: Decimal) -> list[Decimal]:
+            return [min(_power((v - t) / e, r), Decimal(1)) for v in xs]
+
+        if k == 0 or k >= len(xs):
+            return np.full(len(xs), 0.0 if k == 0 else 1.0)
+        tau = _bisect_decreasing(lambda t: sum(mask(t)), Decimal(k), min(xs) - e, max(xs))
+        return np.array([float(m) for m in mask(tau)])
+
+
+def decimal_sparse_magnitude(x: np.ndarray, k: int, eps: float, p: float) -> np.ndarray:
+    """The de-biased sparse top-k in magnitude: tau > 0 with sum clip(u_i / tau, 0, 1) = k,
+    u_i = ((|x_i| - tau)_+ / eps)^r; out = x on tops (u >= tau), sign(x)(u + |x| - tau) on the
+    block, 0 elsewhere (tau = 0, out = x when k covers every non-zero)."""
+    with localcontext() as ctx:
+        ctx.prec = DIGITS
+        xs = [Decimal(float(v)) for v in x]
+        e = Decimal(float(eps))
+        r = 1 / (Decimal(float(p)) - 1)
+        if abs(r - r.to_integral_value()) < Decimal("1e-9"):
+            r = r.to_integral_value()
+        if k >= sum(1 for v in xs if v != 0):
+            return np.asarray(x, np.float64)
+        if k == 0:
+            return np.zeros(len(xs))
+
+        def u(t: Decimal) -> list[Decimal]:
+            return [_power((abs(v) - t) / e, r) for v in xs]
+
+        def total(t: Decimal) -> Decimal:
+            return sum((min(ui / t, Decimal(1)) for ui in u(t)), Decimal(0))
+
+        top = max(abs(v) for v in xs)
+        tau = _bisect_decreasing(total, Decimal(k), top * Decimal("1e-110"), top)
+        out = []
+        for v, ui in zip(xs, u(tau), strict=True):
+            if ui >= tau:
+                out.append(float(v))
+            elif abs(v) > tau:
+                out.append(float((1 if v > 0 else -1) * (ui + abs(v) - tau)))
+            else:
+                out.append(0.0)
+        return np.array(out)
+
+
+# ------------------------------------------------------------------ SOFT mask at any scale
+
+
+def soft_mask_oracle(x: np.ndarray, k: int, eps: float) -> np.ndarray:
+    """Xie et al. 2020's two-anchor mask, sigmoid(2 (x_i - t) / eps) with sum k, at any scale.
+
+    Scores are exact rationals measured from the k-th largest entry, and the offset ``c`` is
+    bisected on the sign of ``sum_rest sigmoid(z) - sum_top sigmoid(-z)`` (= sum sigmoid(z) - k,
+    ``top`` the k largest) compared in log space, so the exponentially small tails of a wide gap
+    still decide it (``z = u + c`` added exactly, then rounded).
+    """
+    n = len(x)
+    if k <= 0 or k >= n:
+        return np.full(n, 0.0 if k <= 0 else 1.0)
+    order = np.argsort(-np.asarray(x, np.float64), kind="stable")
+    top = set(order[:k].tolist())
+    reference = Fraction(float(x[order[k - 1]]))
+    u = [2 * (Fraction(float(v)) - reference) / Fraction(float(eps)) for v in x]
+
+    def scores(c: float) -> list[float]:
+        return [float(u_i + Fraction(c)) for u_i in u]
+
+    def excess(c: float) -> float:
+        z = scores(c)
+        rest = _log_sum_exp([_log_sigmoid(z_i) for i, z_i in enumerate(z) if i not in top])
+        above = _log_sum_exp([_log_sigmoid(-z_i) for i, z_i in enumerate(z) if i in top])
+        return rest - above
+
+    lo, hi = -1e300, 1e300
+    while lo < 0.5 * lo + 0.5 * hi < hi:
+        c = 0.5 * lo + 0.5 * hi
+        if excess(c) > 0:
+            hi = c
+        else:
+            lo = c
+    return np.array([math.exp(_log_sigmoid(z_i)) for z_i in scores(0.5 * lo + 0.5 * hi)])
+
+
+def _log_sigmoid(z: float) -> float:
+    return -(max(-z, 0.0) + math.log1p(math.exp(-abs(z))))
+
+
+def _log_sum_exp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))

@@ -10,6 +10,7 @@ import pytest
 import core
 from tests.compile_counter import compilations
 from tests.core import oracles
+from tests.core.sweep import sweep_rows
 
 HARD_MASK = jax.jit(core.hard_topk_mask)
 
@@ -54,3 +55,18 @@ def test_new_k_compiles_nothing():
     for k in (1, 7, 64):
         HARD_MASK(x, jnp.full(4, k, jnp.int32)).block_until_ready()
     assert compilations() == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exact_at_every_scale_and_for_subnormal_scores(dtype: type) -> None:
+    # Selection on the floats' bit patterns: subnormal scores keep their order (the device's float
+    # comparisons flush them to 0, which used to tie them with 0).
+    x, _ = sweep_rows(dtype)
+    sub = np.finfo(dtype).smallest_subnormal
+    x = np.concatenate([x, np.array([[3 * sub, 0, -sub, 2 * sub, sub, 0]], dtype)])
+    # (Values and magnitudes of subnormal scores are themselves subnormal: the device flushes
+    # them, the limit stated by core.min_row_scale.)
+    got = jax.jit(lambda z: (core.hard_topk_mask(z, 2), core.hard_topk_mask(jnp.abs(z), 2)))(x)
+    for i in range(len(x)):
+        np.testing.assert_array_equal(got[0][i], oracles.hard_mask(x[i], 2))
+        np.testing.assert_array_equal(got[1][i], oracles.hard_mask(np.abs(x[i]), 2))

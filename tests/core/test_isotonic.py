@@ -14,6 +14,7 @@ from scipy.optimize import isotonic_regression as scipy_isotonic
 import core
 from core import _isotonic
 from tests.core import oracles
+from tests.core.sweep import max_error_in_ulps, sweep_rows
 
 ISO = jax.jit(core.isotonic_regression, static_argnames=("increasing", "solver"))
 
@@ -115,3 +116,30 @@ def test_device_pav_updates_its_stack_in_place():
     carried_copies = re.findall(rf"\[{n}\]\{{0\}} copy\(%(?:get-tuple-element|copy)", hlo)
     assert not carried_copies, hlo
     np.testing.assert_allclose(pav(y, w).values, y, rtol=1e-6)  # already decreasing: unchanged
+
+
+# --------------------------------------------------------------- exact at every scale
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exact_at_every_scale_against_scipy(dtype: type) -> None:
+    # Both solvers work in units of a power of two of the row's max: the PAV block means used to
+    # overflow for ±3.4e38, and Dykstra's tolerance (10 ulp of 1 + max|y|) stopped at once on 1e-9.
+    x, _ = sweep_rows(dtype)
+    x = np.concatenate([x, np.array([[3.4e38, -3.4e38, 3.4e38, -3.4e38, 1, 0]], dtype)])
+
+    @jax.jit
+    def fits(y):  # type: ignore[no-untyped-def]
+        return {
+            (solver, inc): core.isotonic_regression(y, increasing=inc, solver=solver)
+            for solver in ("pav", "dykstra")
+            for inc in (False, True)
+        }
+
+    for (solver, inc), got in fits(x).items():
+        got = np.asarray(got, np.float64)
+        bound = 128 if solver == "dykstra" else 4
+        for i in range(len(x)):
+            want = scipy_isotonic(x[i].astype(np.float64), increasing=inc).x
+            scale = float(np.abs(x[i]).max()) or 1.0
+            assert max_error_in_ulps(got[i], want, scale, dtype) <= bound, (solver, inc, i)

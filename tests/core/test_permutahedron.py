@@ -14,6 +14,7 @@ from scipy.optimize import isotonic_regression as scipy_isotonic
 
 import core
 from tests.compile_counter import compilations
+from tests.core.oracles import soft_rank_oracle, soft_sort_oracle
 
 STATIC = ("descending", "regularization")
 soft_sort = jax.jit(core.soft_sort, static_argnames=STATIC)
@@ -205,3 +206,152 @@ def test_no_recompilation_for_new_epsilon_or_lengths() -> None:
     for e, ln in [(0.1, 3), (10.0, 16), (1e-3, 8)]:
         f(x, jnp.full(4, e, jnp.float32), jnp.full(4, ln, jnp.int32)).block_until_ready()
     assert compilations() == before
+
+
+# --------------------------------------------------------------- exact at every scale and epsilon
+#
+# The float results are compared with fast-soft-sort's definitions evaluated in 120-digit decimals
+# (tests/core/oracles.py), which keep every float32 score and epsilon exact through the
+# cancellations (x / eps - rho with |x| / eps up to 1e84) that the float code must avoid. All
+# eight variants of one dtype run in one compiled call over one batch of rows.
+
+VARIANTS = [
+    (op, reg, desc) for op in ("sort", "rank") for reg in ("l2", "kl") for desc in (False, True)
+]
+SCALES = [1e-30, 1e-20, 1e-8, 1.0, 1e8, 1e20, 3e38]
+EPSILONS = [1.4e-45, 1e-38, 1e-30, 1e-20, 1e-8, 1e-2, 1.0, 1e2, 1e8, 1e20, 1e30, 3.4e38]
+
+
+@jax.jit
+def all_variants(x: jax.Array, eps: jax.Array) -> dict[str, jax.Array]:
+    ops = {"sort": core.soft_sort, "rank": core.soft_rank}
+    return {
+        f"{op} {reg} {desc}": ops[op](x, epsilon=eps, regularization=reg, descending=desc)
+        for op, reg, desc in VARIANTS
+    }
+
+
+def sweep_rows(dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Rows at every (scale, epsilon): random, with ties, and mixed magnitudes; plus issue 12's."""
+    rng = np.random.default_rng(0)
+    rows, epsilons = [], []
+    for a in SCALES:
+        for e in EPSILONS:
+            rows += [
+                a * rng.normal(size=6) / 3,
+                a * np.round(rng.normal(size=6)) / 3,
+                np.r_[a, -a, a * 1e-8, 0.0, 1.0, -1.0],
+            ]
+            epsilons += [e] * 3
+    rows += [
+        np.r_[1e8, -1e8, 1, 0, 0, 0],
+        np.r_[3e8, 1e8, 2e8, 0, 0, 0],
+        np.r_[3e38, -3e38, 0, 0, 0, 0],
+    ]
+    rows += [np.r_[1.2e-38, 1.3e-38, 1e-39, 0, -1e-39, 1.0]]  # subnormal gaps and values
+    epsilons += [0.1, 0.01, 1e-45, 1e-45]
+    return np.array(rows, dtype), np.array(epsilons, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_scale_and_epsilon_matches_the_decimal_oracle(dtype: type) -> None:
+    x, eps = sweep_rows(dtype)
+    got = {key: np.asarray(value, np.float64) for key, value in all_variants(x, eps).items()}
+    ulp = float(np.finfo(dtype).eps)
+    n = x.shape[1]
+    for op, reg, desc in VARIANTS:
+        out = got[f"{op} {reg} {desc}"]
+        assert np.all(np.isfinite(out)), (op, reg, desc)
+        oracle = soft_sort_oracle if op == "sort" else soft_rank_oracle
+        for i in range(len(x)):
+            row = x[i].astype(np.float64)
+            # Scale of the answer: max|x| for sorts, n for ranks; a few ulps of it.
+            scale = np.max(np.abs(row)) if op == "sort" else n
+            expected = oracle(row, float(eps[i]), desc, reg)
+            np.testing.assert_allclose(
+                out[i], expected, rtol=0, atol=6 * ulp * scale, err_msg=f"{op} {reg} {desc} {i}"
+            )
+            if op == "rank":  # in P(rho): sum n(n+1)/2, each in [1, n]
+                assert abs(out[i].sum() - n * (n + 1) / 2) <= 4 * n * ulp * n
+                assert np.all((out[i] >= 1) & (out[i] <= n))
+            else:  # monotone, within [min x, max x]; l2 keeps the sum
+                step = np.diff(out[i])
+                assert np.all(step <= 0) if desc else np.all(step >= 0)
+                assert np.all((out[i] >= row.min()) & (out[i] <= row.max()))
+                if reg == "l2":
+                    assert abs(out[i].sum() - row.sum()) <= 4 * n * ulp * scale
+
+
+def test_issue_12_examples() -> None:
+    # Soft sorts pool where the spread is large against 1 / epsilon (s(a x, eps) = a s(x, a eps)):
+    # [1e8, -1e8, 1, 0] with epsilon = 1 is the mean 1/4 plus (rho - 5/2), summing to 1 exactly.
+    x = jnp.array([1e8, -1e8, 1.0, 0.0], jnp.float32)
+    np.testing.assert_allclose(soft_sort(x), [-1.25, -0.25, 0.75, 1.75], atol=8 * 1e8 * 6e-8)
+    np.testing.assert_array_equal(soft_rank(x, epsilon=0.1), [4, 1, 3, 2])
+    np.testing.assert_array_equal(soft_rank(x), [4, 1, 3, 2])
+    np.testing.assert_array_equal(soft_sort(x, epsilon=1e-9), [-1e8, 0, 1, 1e8])  # the hard sort
+    y = jnp.array([3e8, 1e8, 2e8, 0.0], jnp.float32)
+    np.testing.assert_array_equal(soft_rank(y, epsilon=0.01), [4, 2, 3, 1])
+    # Non-finite outputs for finite inputs: ruled out at the ends of the range.
+    np.testing.assert_array_equal(soft_sort(jnp.array([3e38, -3e38], jnp.float32)), [-0.5, 0.5])
+    np.testing.assert_array_equal(
+        soft_sort(jnp.array([1.0, 2.0], jnp.float32), epsilon=1e-45), [1, 2]
+    )
+    big = jnp.array([3e38, -3e38], jnp.float32)
+    np.testing.assert_array_equal(soft_sort(big, epsilon=1e-45), -jnp.sort(-big)[::-1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vanishing_epsilon_gives_the_hard_sort_and_ranks_at_every_scale(dtype: type) -> None:
+    rng = np.random.default_rng(7)
+    x = np.concatenate([a * rng.normal(size=(2, 6)) / 4 for a in SCALES]).astype(dtype)
+    x[:, 5] = x[:, 4]  # a tie: hard ranks share their mean
+    eps = np.full(len(x), np.finfo(dtype).smallest_subnormal, dtype)
+    got = all_variants(x, eps)
+    for desc in (False, True):
+        key = -x if desc else x
+        order = np.argsort(key, axis=-1, kind="stable")
+        ranks = np.argsort(order, axis=-1) + 1.0
+        ranks[:, 4:] = ranks[:, 4:].mean(axis=-1, keepdims=True)  # the tie
+        hard_sort = np.take_along_axis(x, order, axis=-1)
+        for reg in ("l2", "kl"):
+            np.testing.assert_array_equal(got[f"sort {reg} {desc}"], hard_sort)
+            np.testing.assert_array_equal(got[f"rank {reg} {desc}"], ranks)
+
+
+@pytest.mark.parametrize("regularization", ["l2", "kl"])
+def test_derivatives_match_finite_differences_at_extreme_scales(regularization: str) -> None:
+    # float64 rows at 1e-30 and 1e30 with epsilons that keep both operators soft there.
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(2, 5))
+    x = np.concatenate([base * 1e-30, base * 1e30])
+    sort_eps = np.array([1e30, 1e30, 1e-30, 1e-30])
+    rank_eps = np.array([1e-30, 1e-30, 1e30, 1e30])
+    t = rng.normal(size=x.shape)
+    u = rng.normal(size=x.shape)
+
+    @jax.jit
+    def derivatives(x, t, u, h):  # type: ignore[no-untyped-def]
+        out = {}
+        for name, op, eps in (
+            ("sort", core.soft_sort, sort_eps),
+            ("rank", core.soft_rank, rank_eps),
+        ):
+
+            def f(z, op=op, eps=eps):  # type: ignore[no-untyped-def]
+                return op(z, epsilon=eps, regularization=regularization)
+
+            _, jvp = jax.jvp(f, (x,), (t,))
+            _, pullback = jax.vjp(f, x)
+            out[name] = (jvp, pullback(u)[0], (f(x + h * t) - f(x - h * t)) / (2 * h))
+        return out
+
+    scale = np.abs(x).max(axis=-1, keepdims=True)
+    for name, (jvp, vjp, fd) in derivatives(x, t * scale, u, 1e-6).items():
+        jvp, vjp, fd = (np.asarray(a) for a in (jvp, vjp, fd))
+        assert np.all(np.isfinite(jvp)) and np.all(np.isfinite(vjp))
+        np.testing.assert_allclose(jvp, fd, rtol=1e-6, atol=1e-8 * np.abs(fd).max(), err_msg=name)
+        # Reverse mode is the transpose of forward mode: <u, J t> = <J^T u, t> row by row.
+        np.testing.assert_allclose(
+            np.sum(u * jvp, axis=-1), np.sum(vjp * t * scale, axis=-1), rtol=1e-10, atol=1e-300
+        )

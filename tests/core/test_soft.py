@@ -13,6 +13,8 @@ from jax.test_util import check_grads
 
 import core
 from tests.compile_counter import compilations
+from tests.core import oracles
+from tests.core.sweep import max_error_in_ulps, sweep_rows
 
 # Jitted once per shape: eager dispatch of the solvers' loops would dominate the test time.
 soft_mask = jax.jit(
@@ -408,3 +410,59 @@ def test_no_recompilation_for_new_k_epsilon_or_lengths() -> None:
     for k, e, length in [(5, 0.5, 20), (1, 1e-3, 32), (7, 3.0, 9), (0, 0.2, 32)]:
         call(k, e, length)
     assert compilations() == before
+
+
+# --------------------------------------------------------------- exact at every scale and epsilon
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mask_is_exact_at_every_scale_and_epsilon(dtype: type) -> None:
+    # Oracle: exact rational scores measured from the k-th largest, offset bisected on the
+    # log-domain tail balance (tests/core/oracles.py). The old code clamped epsilon at sqrt(tiny)
+    # and measured scores from the row's max (NaN for [3e38, -3e38, 1, 0]; 40-ulp tails).
+    x, eps = sweep_rows(dtype)
+    ks = np.array([2, 1, 3] * len(x))[: len(x)]
+    got = np.asarray(soft_mask(x, ks, epsilon=eps), np.float64)
+    for i in range(len(x)):
+        want = oracles.soft_mask_oracle(x[i].astype(np.float64), int(ks[i]), float(eps[i]))
+        # Rows near 1e-30 in float32: differences of entries are a few multiples of the smallest
+        # normal there, so the scores' gaps carry fewer bits (measured: up to 9.4 ulps).
+        tiny_row = dtype is np.float32 and float(np.abs(x[i]).max()) < 1e-29
+        bound = 16 if tiny_row else 8
+        assert max_error_in_ulps(got[i], want, 1.0, dtype) <= bound, (i, x[i], eps[i], got[i])
+
+
+def test_issue_12_soft_examples() -> None:
+    x = jnp.array([3e38, -3e38, 1.0, 0.0], jnp.float32)
+    got = soft_mask(x, 2)
+    np.testing.assert_allclose(got, oracles.soft_mask_oracle(np.asarray(x), 2, 0.1), atol=1e-7)
+    # Vanishing epsilon (also subnormal, which the device reads as 0) gives the hard mask.
+    y = jnp.array([0.3, 0.1, 0.25, -0.4, 0.2], jnp.float32)
+    for eps in (1e-45, 1e-38, 1e-20):
+        np.testing.assert_array_equal(soft_mask(y, 2, epsilon=eps), [1, 0, 1, 0, 0])
+    # A sorted variant: no epsilon floor any more, finite at the ends of the range.
+    out = soft_sorted(jnp.array([3e38, -3e38, 1.0, 0.0], jnp.float32), k=2, epsilon=1e-45)
+    assert bool(jnp.all(jnp.isfinite(out.values)))
+
+
+def test_mask_derivatives_match_finite_differences_at_extreme_scales() -> None:
+    rng = np.random.default_rng(31)
+    base = rng.normal(size=(2, 7))
+    x = np.concatenate([base * 1e-30, base * 1e30])
+    scale = np.abs(x).max(axis=-1)
+    eps = 0.5 * scale
+    t = rng.normal(size=x.shape) * scale[:, None]
+    u = rng.normal(size=x.shape)
+
+    @jax.jit
+    def derivatives(x, t, u, h):  # type: ignore[no-untyped-def]
+        def f(z):  # type: ignore[no-untyped-def]
+            return core.soft_topk_mask(z, 3, epsilon=eps)
+
+        _, jvp = jax.jvp(f, (x,), (t,))
+        vjp = jax.vjp(f, x)[1](u)[0]
+        return jvp, vjp, (f(x + h * t) - f(x - h * t)) / (2 * h)
+
+    jvp, vjp, fd = (np.asarray(a) for a in derivatives(x, t, u, 1e-6))
+    np.testing.assert_allclose(jvp, fd, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.sum(u * jvp, -1), np.sum(vjp * t, -1), rtol=1e-10, atol=1e-12)

@@ -11,6 +11,7 @@ from jax.test_util import check_grads
 import core
 from tests.compile_counter import compilations
 from tests.core import oracles
+from tests.core.sweep import max_error_in_ulps, sweep_rows
 
 # Jitted once per static configuration: far fewer compilations than op-by-op eager dispatch.
 STATIC = ("p", "solver")
@@ -226,7 +227,7 @@ def test_dykstra_matches_where_blocks_are_small(operator):
 
 
 def test_conditioning_trap_of_bisection_is_avoided():
-    # threshold_forms.md: bisection on the sum alone leaves ~3e-6 here; the exact answer is 0.
+    # Bisection on the sum alone leaves ~3e-6 here (the magnitude's conditioning); the answer is 0.
     x = jnp.array([2.449, 1.055, 1.021, 0.596])
     for solver in ["threshold", "pav"]:
         out = MAGNITUDE(x, 1, epsilon=0.561, p=4 / 3, solver=solver)
@@ -368,3 +369,117 @@ def test_no_recompilation_for_new_k_epsilon_or_lengths():
     for k, e, l in [(5, 0.5, 20), (1, 1e-3, 32), (7, 3.0, 9)]:
         call(k, e, l).block_until_ready()
     assert compilations() == before
+
+
+# --------------------------------------------------------------- exact at every scale and epsilon
+#
+# Every solver against the 120-digit decimal oracles (bisection on tau in decimals), over the
+# scale/epsilon sweep of tests/core/sweep.py, one compiled call per dtype.
+
+SWEEP_SOLVERS = (*((s, p) for s in ("threshold", "pav") for p in (4 / 3, 2.0)), ("dykstra", 2.0))
+
+
+def _sweep_all(x: jax.Array, eps: jax.Array, solvers: tuple[tuple[str, float], ...]) -> dict:
+    return {
+        (op, solver, p): fn(x, 2, epsilon=eps, p=p, solver=solver)
+        for solver, p in solvers
+        for op, fn in (("mask", core.sparse_topk_mask), ("magnitude", core.sparse_topk_magnitude))
+    }
+
+
+sweep_all = jax.jit(_sweep_all, static_argnums=2)
+
+
+def _check_sweep(dtype: type, solvers: tuple[tuple[str, float], ...]) -> None:
+    x, eps = sweep_rows(dtype)
+    got = sweep_all(x, eps, solvers)
+    want = {
+        (op, p): [oracle(x[i].astype(np.float64), 2, float(eps[i]), p) for i in range(len(x))]
+        for op, oracle in (
+            ("mask", oracles.decimal_sparse_mask),
+            ("magnitude", oracles.decimal_sparse_magnitude),
+        )
+        for p in {p for _, p in solvers}
+    }
+    for (op, solver, p), out in got.items():
+        out = np.asarray(out, np.float64)
+        bound = 128 if solver == "dykstra" else 8  # Dykstra stops at 10 ulps of movement a cycle
+        for i in range(len(x)):
+            scale = 1.0 if op == "mask" else float(np.abs(x[i]).max()) or 1.0
+            err = max_error_in_ulps(out[i], want[(op, p)][i], scale, dtype)
+            assert err <= bound, (op, solver, p, i, x[i], eps[i], out[i], want[(op, p)][i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_solver_is_exact_at_every_scale_and_epsilon(dtype: type) -> None:
+    _check_sweep(dtype, SWEEP_SOLVERS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_general_p_is_exact_at_every_scale_and_epsilon(dtype: type) -> None:
+    _check_sweep(dtype, (("threshold", 1.5), ("pav", 1.5)))
+
+
+def test_issue_12_sparse_examples() -> None:
+    # The row whose SOFT mask was NaN, and a root near 1e-9 inside a bracket of ±1e30 (after the
+    # change of units), which the threshold solver's bisection used to run out of steps on.
+    x = jnp.array([3e38, -3e38, 1.0, 0.0, 0.0, 0.0], jnp.float32)
+    for p in (4 / 3, 2.0):
+        for solver in ("threshold", "pav"):
+            got = core.sparse_topk_mask(x, 2, epsilon=0.1, p=p, solver=solver)
+            want = oracles.decimal_sparse_mask(np.asarray(x, np.float64), 2, 0.1, p)
+            np.testing.assert_allclose(got, want, atol=1e-6)
+    # Dykstra serves p = 2 only, and says so before computing anything.
+    assert core.SOLVER_P["dykstra"] == (2.0,)
+    with pytest.raises(ValueError, match="SOLVER_P"):
+        core.sparse_topk_mask(jnp.array([1.0, 2.0]), 1, solver="dykstra")
+
+
+@pytest.mark.parametrize("operator", ["mask", "magnitude"])
+def test_derivatives_match_finite_differences_at_extreme_scales(operator: str) -> None:
+    # float64 rows at 1e-30 and 1e30, each with an epsilon that keeps it soft there (the
+    # magnitude's epsilon is in units of x^(2 - p)).
+    rng = np.random.default_rng(21)
+    base = rng.normal(size=(2, 7))
+    x = np.concatenate([base * 1e-30, base * 1e30])
+    scale = np.abs(x).max(axis=-1)
+    t = rng.normal(size=x.shape) * scale[:, None]
+    u = rng.normal(size=x.shape)
+    fn = core.sparse_topk_mask if operator == "mask" else core.sparse_topk_magnitude
+    for p in (4 / 3, 2.0):
+        eps = 0.4 * (scale if operator == "mask" else scale ** (2 - p))
+
+        @jax.jit
+        def derivatives(x, t, u, h, eps=eps, p=p):  # type: ignore[no-untyped-def]
+            def f(z):  # type: ignore[no-untyped-def]
+                return fn(z, 3, epsilon=eps, p=p)
+
+            _, jvp = jax.jvp(f, (x,), (t,))
+            vjp = jax.vjp(f, x)[1](u)[0]
+            return jvp, vjp, (f(x + h * t) - f(x - h * t)) / (2 * h)
+
+        jvp, vjp, fd = (np.asarray(a) for a in derivatives(x, t, u, 1e-7))
+        assert np.all(np.isfinite(jvp)) and np.all(np.isfinite(vjp))
+        np.testing.assert_allclose(jvp, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
+        np.testing.assert_allclose(
+            np.sum(u * jvp, axis=-1), np.sum(vjp * t, axis=-1), rtol=1e-9, atol=1e-300
+        )
+
+
+def test_ties_at_the_threshold_share_the_mass_when_eps_is_below_the_float_spacing() -> None:
+    # x - tau cannot be resolved there (ulp(1e8) = 8 > eps), so tau rounds onto the tied value:
+    # the mask used to sum to 4 (threshold solver) or 0 (PAV) instead of k = 2.
+    for scale, eps in ((1.0, 1e-10), (1e8, 0.1)):
+        x = jnp.array([1, 1, 1, 1, 0.5], jnp.float32) * scale
+        for p in (4 / 3, 2.0):
+            for solver in ("threshold", "pav"):
+                np.testing.assert_allclose(
+                    core.sparse_topk_mask(x, 2, epsilon=eps, p=p, solver=solver), [0.5] * 4 + [0]
+                )
+                out = core.sparse_topk_magnitude(x, 2, epsilon=eps, p=p, solver=solver)
+                want = oracles.decimal_sparse_magnitude(np.asarray(x, np.float64), 2, eps, p)
+                np.testing.assert_allclose(out, want, rtol=1e-6)
+        jac = jax.jacfwd(lambda z: core.sparse_topk_mask(z, 2, epsilon=1e-10, p=2.0))(x / scale)
+        # The mass stays k: columns sum to 0 (to the rounding of entries of size 1 / eps).
+        np.testing.assert_allclose(jac.sum(axis=0), 0, atol=1e-5 * float(jnp.abs(jac).max()))
