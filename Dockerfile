@@ -10,14 +10,17 @@ FROM python:${PYTHON_VERSION}-slim AS build
 ARG JAX_EXTRA=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY api ./api
 COPY core ./core
 COPY service ./service
+# The exact versions of requirements.lock (`make lock`: the service and gRPC, pinned as the tests
+# ran them), then the package itself without re-resolving anything.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install ".[grpc]" \
- && if [ -n "$JAX_EXTRA" ]; then /opt/venv/bin/pip install "jax[${JAX_EXTRA}]"; fi
+ && /opt/venv/bin/pip install -r requirements.lock \
+ && /opt/venv/bin/pip install --no-deps . \
+ && if [ -n "$JAX_EXTRA" ]; then /opt/venv/bin/pip install "jax[${JAX_EXTRA}]==$(/opt/venv/bin/python -c 'import jax; print(jax.__version__)')"; fi
 
 # ---- runtime: the venv only, a non-root user, no build tools ----
 FROM python:${PYTHON_VERSION}-slim AS runtime

@@ -10,15 +10,27 @@ SOAK_ARGS ?= --duration 600
 
 FUZZ_EXAMPLES ?= 400
 
-.PHONY: install run test test-slow lint format bench bench-service load soak fuzz openapi clean
+.PHONY: install run test test-slow lint format bench bench-service load soak fuzz openapi lock clean
 
-$(VENV)/.installed: pyproject.toml
+# The exact versions every run installs (requirements-dev.lock: the service, gRPC and the test
+# tools; the Docker image installs requirements.lock, its runtime subset), then the package itself.
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+# Re-resolves both lock files from pyproject.toml's bounds (after changing a dependency), for
+# Python 3.11 on every platform, what ships pinned as what is tested; tests/deploy/test_lock.py checks that they still agree with it.
+UV_COMPILE = $(PY) -m uv pip compile pyproject.toml --universal --python-version 3.11 --quiet
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet 'uv>=0.9,<1'
+	$(UV_COMPILE) --extra dev -o requirements-dev.lock
+	$(UV_COMPILE) --extra grpc --constraint requirements-dev.lock -o requirements.lock
 
 run: install
 	$(PY) -m service --host $(HOST) --port $(PORT)

@@ -177,6 +177,11 @@ class OperatorInfo(BaseModel):
     parameters: list[ParameterInfo]
     derivatives: list[str] = list(DERIVATIVE_FIELDS)
     description: str = ""
+    domain: list[str] = Field(
+        default_factory=list,
+        description="Inputs refused with a 422 naming the field, because the operator cannot be"
+        " computed exactly there in float32 (everything else is answered to a few ulps).",
+    )
 
 
 class OperatorsResponse(BaseModel):

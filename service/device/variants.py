@@ -19,12 +19,12 @@ checks refuse them with 422 through :func:`refusal`, and a test holds that rule 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from api.registry import Parameter
+from core import SOLVER_P, solver_supports_p
 from service.device.operators import BoundOperator
 from service.device.work import Static
 
@@ -62,12 +62,14 @@ class Form:
 
 
 def refusal(operator: str, static: Static) -> tuple[str, str] | None:
-    """``(field, reason)`` when the core does not compute ``operator`` with these knobs."""
+    """``(field, reason)`` when the core does not compute ``operator`` with these knobs
+    (``core.SOLVER_P``: the ``p`` each sparse solver supports)."""
     knobs = dict(static)
-    if operator == "sparse" and knobs.get("solver") == "dykstra":
-        p = float(knobs.get("p", 2.0))
-        if not math.isclose(p, 2.0, rel_tol=1e-9):
-            return "solver", f"solver='dykstra' supports p = 2 only, got p={p!r}"
+    if operator == "sparse" and "solver" in knobs:
+        solver, p = str(knobs["solver"]), float(knobs.get("p", 2.0))
+        if not solver_supports_p(solver, p):
+            supported = ", ".join(f"{v:g}" for v in SOLVER_P[solver] or ())
+            return "solver", f"solver={solver!r} supports p = {supported} only, got p={p!r}"
     return None
 
 

@@ -18,9 +18,18 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from api.errors import FieldError
 from api.models import FLOAT32_OVERFLOW
 from api.registry import Parameter
+from core import (
+    MASK_MAX_RATIO_LOG2,
+    derivative_in_range,
+    domain_limits,
+    domain_violation,
+    min_row_scale,
+)
 from service.device.buckets import BucketLadder
 from service.device.operators import BoundOperator
 from service.device.variants import refusal
@@ -31,6 +40,9 @@ from service.settings import Settings
 P_TOLERANCE = 1e-9  # 4/3 sent as 1.3333333333333333 or 1.333333333333333 is the same p
 MAX_REPORTED = 20  # a 10 000-row request with every k wrong should not produce a 1 MB error body
 _STATICS_KEPT = 256  # clients choose p: bound how many distinct knob sets are remembered
+# An epsilon at least this large keeps every float32 row within the sparse mask's exact range
+# (max|x| / epsilon <= 2^MASK_MAX_RATIO_LOG2), so the rows need not be scanned for it.
+_RATIO_FREE_EPSILON = FLOAT32_OVERFLOW / 2.0**MASK_MAX_RATIO_LOG2
 
 
 def invalid(errors: list[FieldError], status: int = 422) -> ApiError:
@@ -59,6 +71,64 @@ class Checks:
             for name, op in operators.items()
         }
         self._statics: dict[tuple[str, tuple[Any, ...]], Static] = {}
+        self._domain_checked = frozenset(operators) & frozenset(domain_limits())
+        # The outputs in the units of x, which a row of subnormal scale cannot have (asked of
+        # the core with such a row rather than listed twice).
+        tiny = min_row_scale() / 2
+        self._x_units = frozenset(
+            (name, output)
+            for name, op in operators.items()
+            for output in op.functions
+            if domain_violation(name, output, max_abs_x=tiny, epsilon=1.0) is not None
+        )
+
+    def _check_domain(
+        self,
+        name: str,
+        output: str,
+        static: Static,
+        x: Matrix,
+        lengths: list[int],
+        epsilon: float | list[float],
+        directions: tuple[Matrix | None, Matrix | None],
+    ) -> None:
+        """422 for the inputs the core cannot compute exactly (``core.domain_violation``: a row
+        whose outputs in x's units would be subnormal, a sparse mask whose ``max|x| / epsilon``
+        is beyond its units, a derivative that overflows float32), naming the row's field.
+
+        The common request costs a comparison: rows are scanned only for the outputs in x's
+        units, for an ``epsilon`` small enough that some float32 row could exceed the ratio, and
+        for derivatives."""
+        epsilons = epsilon if type(epsilon) is list else None
+        smallest = min(epsilons) if epsilons is not None else float(epsilon)  # type: ignore[arg-type]
+        ratio_possible = name == "sparse" and smallest < _RATIO_FREE_EPSILON
+        derivative = directions[0] is not None or directions[1] is not None
+        if not (ratio_possible or derivative or (name, output) in self._x_units):
+            return
+        knobs = dict(static)
+        p = float(knobs.get("p", 2.0))
+        scales = _row_max_abs(x)
+        errors: list[FieldError] = []
+        for i, scale in enumerate(scales):
+            eps = epsilons[i] if epsilons is not None else float(epsilon)  # type: ignore[arg-type]
+            refused = domain_violation(name, output, max_abs_x=scale, epsilon=eps)
+            if refused is not None:
+                field, reason = refused
+                field = f"x[{i}]" if field == "x" else (f"epsilon[{i}]" if epsilons else field)
+                errors.append(FieldError(field=field, reason=f"{reason} (row {i})"))
+        for label, direction in zip(("tangent", "cotangent"), directions, strict=True):
+            if direction is None:
+                continue
+            for i, size in enumerate(_row_max_abs(direction)):
+                eps = epsilons[i] if epsilons is not None else float(epsilon)  # type: ignore[arg-type]
+                if not derivative_in_range(size, eps, max_abs_x=scales[i], n=lengths[i], p=p):
+                    reason = (
+                        f"|{label}| up to {size:.3g} with epsilon={eps:.3g}: the derivative would"
+                        " overflow float32 (it scales like |tangent| / epsilon)"
+                    )
+                    errors.append(FieldError(field=f"{label}[{i}]", reason=reason))
+        if errors:
+            raise invalid(errors)
 
     def work_unit(
         self,
@@ -129,6 +199,8 @@ class Checks:
         )
         if epsilon is None:
             epsilon = self._epsilon[name]
+        if name in self._domain_checked:
+            self._check_domain(name, output, key.static, x, lengths, epsilon, directions)
         return WorkUnit(key, x, ks, epsilon, lengths, *directions)
 
     def static(self, operator: BoundOperator, given: Mapping[str, Any]) -> Static:
@@ -237,6 +309,13 @@ def _shape_errors(name: str, other: list[int], lengths: list[int]) -> list[Field
         for i, (m, n) in enumerate(zip(other, lengths, strict=True))
         if m != n
     ]
+
+
+def _row_max_abs(x: Matrix) -> list[float]:
+    """The largest ``|x|`` of every row."""
+    if isinstance(x, np.ndarray):
+        return np.max(np.abs(x), axis=-1, initial=0.0).astype(float).tolist()
+    return [max(max(row), -min(row)) if row else 0.0 for row in x]
 
 
 def finite_float32(value: float) -> bool:

@@ -24,6 +24,7 @@ from api.models import (
     TopKResponse,
 )
 from api.registry import OPERATORS
+from core import domain_limits
 from service.ingress.asgi import respond
 from service.ingress.headers import TIMEOUT_HEADER
 from service.ingress.routes.openapi import request_schema
@@ -131,6 +132,7 @@ def operators_response(runtime: ServiceRuntime) -> OperatorsResponse:
                 outputs=list(bound.functions),
                 parameters=parameters,
                 description=spec.description,
+                domain=list(domain_limits().get(spec.name, ())),
             )
         )
     return OperatorsResponse(operators=infos, limits=runtime.settings.limits)
