@@ -140,13 +140,17 @@ def _magnitude_bits(v: Array) -> Array:
 def times_power_of_two(v: Array, exponent: Array) -> Array:
     """``v * 2**exponent`` for ``0 <= exponent <= -minexp``, exactly, subnormal ``v`` included.
 
-    A subnormal ``v`` (flushed to 0 by the device's arithmetic) is rebuilt from its significand;
-    the result is 0 only when it is itself below the normal range.
+    A subnormal ``v`` (flushed to 0 by the device's arithmetic) is rebuilt from its significand,
+    for any ``exponent >= 0``; the result is 0 only when it is itself below the normal range. The
+    rebuild applies ``2**-nmant`` and ``2**(exponent + minexp)`` as two normal factors: one factor
+    ``2**(exponent + minexp - nmant)`` is itself subnormal (so 0) for ``exponent < nmant``, which
+    lost every float64 subnormal scaled by less than ``2**52``.
     """
     finfo = jnp.finfo(v.dtype)
     bits = _magnitude_bits(v)
     significand = (bits & ((1 << finfo.nmant) - 1)).astype(v.dtype)
-    rebuilt = significand * power_of_two(exponent + finfo.minexp - finfo.nmant, v.dtype)
+    fraction = significand * power_of_two(jnp.asarray(-finfo.nmant), v.dtype)  # exact, normal
+    rebuilt = fraction * power_of_two(exponent + finfo.minexp, v.dtype)
     sign = jnp.where(jax.lax.bitcast_convert_type(v, bits.dtype) < 0, -1, 1).astype(v.dtype)
     normal = v * power_of_two(exponent, v.dtype)
     return jnp.where((bits >> finfo.nmant) == 0, sign * rebuilt, normal)
