@@ -1,6 +1,5 @@
 """Test-wide configuration: float64 is available everywhere; each test picks its dtype explicitly."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -25,13 +24,3 @@ def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("kernel-cache")
     path.chmod(0o700)
     return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _release_executables_after_each_module() -> Iterator[None]:
-    """Drop the module's jitted executables when it is done. One process runs the whole suite, and
-    XLA:CPU crashed (SIGSEGV/SIGABRT inside backend_compile_and_load) compiling the large sweep of
-    tests/core/test_sparse.py after the other core modules had left hundreds of executables
-    loaded, while that module alone, or after fewer of them, passed."""
-    yield
-    jax.clear_caches()

@@ -42,8 +42,8 @@ def test_readiness_waits_for_warm_up_and_goes_false_while_draining_serves(
         assert first.json()["state"] == "warming"
         assert httpx.get(server.url + "/healthz").status_code == 200  # live while warming
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # queued during the warm-up
-            early = pool.submit(
-                httpx.post, server.url + "/v1/topk", json={"x": [[1.0, 2.0]], "k": 1}
+            early = pool.submit(  # waits for the cover's compile: far beyond httpx's 5 s
+                httpx.post, server.url + "/v1/topk", json={"x": [[1.0, 2.0]], "k": 1}, timeout=300
             )
             time.sleep(0.2)
             assert not early.done()
