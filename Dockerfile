@@ -1,12 +1,13 @@
 # topk-service image: `docker build -t topk-service .` (CPU JAX), or for NVIDIA GPUs
-# `docker build --build-arg JAX_EXTRA=cuda12 -t topk-service:cuda .` and run with `--gpus 1`.
+# `docker build --build-arg JAX_EXTRA=cuda -t topk-service:cuda .` and run with `--gpus 1`.
 # One container = one server process = one accelerator; scale out with more containers.
 
 ARG PYTHON_VERSION=3.11
 
 # ---- build: wheels for the app and its dependencies (compilers and caches stay here) ----
 FROM python:${PYTHON_VERSION}-slim AS build
-# "" installs the CPU jaxlib; "cuda12" installs jax[cuda12] (CUDA/cuDNN from pip wheels).
+# "" installs the CPU jaxlib; "cuda" adds the project's `cuda` extra, jax[cuda12] (CUDA and cuDNN
+# from pip wheels, so the host needs only the NVIDIA driver and the container toolkit).
 ARG JAX_EXTRA=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -15,12 +16,18 @@ COPY api ./api
 COPY core ./core
 COPY service ./service
 # The exact versions of requirements.lock (`make lock`: the service and gRPC, pinned as the tests
-# ran them), then the package itself without re-resolving anything.
+# ran them), then the package itself without re-resolving anything. JAX_EXTRA=cuda then adds the
+# `cuda` extra's wheels pinned to the locked jax (jax[cuda12]==X pins jaxlib and the CUDA plugin to
+# X), so the GPU image runs the jax the tests ran; any other JAX_EXTRA is refused.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
  && /opt/venv/bin/pip install -r requirements.lock \
  && /opt/venv/bin/pip install --no-deps . \
- && if [ -n "$JAX_EXTRA" ]; then /opt/venv/bin/pip install "jax[${JAX_EXTRA}]==$(/opt/venv/bin/python -c 'import jax; print(jax.__version__)')"; fi
+ && case "$JAX_EXTRA" in \
+      "") ;; \
+      cuda) /opt/venv/bin/pip install "jax[cuda12]==$(/opt/venv/bin/python -c 'import jax; print(jax.__version__)')" ;; \
+      *) echo "JAX_EXTRA must be '' or 'cuda', got '$JAX_EXTRA'" >&2; exit 1 ;; \
+    esac
 
 # ---- runtime: the venv only, a non-root user, no build tools ----
 FROM python:${PYTHON_VERSION}-slim AS runtime
@@ -37,7 +44,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     TOPK_HOST=0.0.0.0 \
     TOPK_PORT=8000 \
     TOPK_COMPILATION_CACHE_DIR=/var/cache/topk-service/jax
-# CPU unless built for CUDA; override at run time with -e JAX_PLATFORMS=...
+# CPU unless built for CUDA (then CUDA only: a broken driver fails the start instead of silently
+# serving from the CPU); override at run time with -e JAX_PLATFORMS=...
 ENV JAX_PLATFORMS=${JAX_EXTRA:+cuda}
 ENV JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 USER 10001:10001

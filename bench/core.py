@@ -1,6 +1,7 @@
 """Core-operator benchmark: sparse top-k solvers vs ``jax.lax.top_k`` and the PyPI peers.
 
-Run: ``PYTHONPATH=. python bench/core.py [--quick] [--shapes moe,prune]`` (float32, CPU).
+Run: ``PYTHONPATH=. python bench/core.py [--quick] [--shapes moe,prune]`` (float32; CPU, or the
+device JAX picks: ``lax.top_k`` is then timed on the same device).
 
 Every time is measured in this one process: the median of repeated calls of a jitted function on
 the same array after one warm-up call (compile excluded), each call ending with
@@ -173,9 +174,10 @@ def scipy_floor(x: np.ndarray, k: int, eps: float, magnitude: bool) -> np.ndarra
 
 
 def build(
-    shape: Shape, x: jax.Array, t: jax.Array, eps: float, ott_iterations: int
+    shape: Shape, x: jax.Array, t: jax.Array, eps: float, ott_iterations: int, skip: set[str]
 ) -> dict[str, Method]:
-    """Every method on this shape; k and epsilon are data except where a method needs them static."""
+    """Every method on this shape but ``skip``; k and epsilon are data except where a method needs
+    them static. The peers are imported only when they run (a GPU host may not have them)."""
     k = shape.k
     k_data = jnp.asarray(k, jnp.int32)
     eps_data = jnp.asarray(eps, jnp.float32)
@@ -203,6 +205,12 @@ def build(
         "dykstra": forward(2.0, "dykstra"),
         "hard": Method(jax.jit(hard_op), (x, k_data)),
     }
+
+    if "ott" in skip and "jaxopt" in skip:
+        methods["scipy"] = Method(
+            scipy_floor, (np.asarray(x), k, eps, shape.magnitude), jitted=False
+        )
+        return methods
 
     from ott.tools import soft_sort
 
@@ -266,6 +274,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few repetitions")
     parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="dry run of the script itself: one 64x64 k=2 shape, lax.top_k and the default fwd",
+    )
+    parser.add_argument(
         "--shapes",
         default="",
         help="comma-separated shape names: " + ",".join(s.name for s in SHAPES),
@@ -288,13 +301,17 @@ def main() -> None:
         parser.error(f"unknown shapes {sorted(unknown)}")
     shapes = [s for s in SHAPES if not wanted or s.name in wanted]
     skip = {m for m in args.skip.split(",") if m}
+    if args.tiny:
+        shapes = [Shape("tiny", "tiny router", 64, 64, 2)]
+        skip |= {key for key, _ in METHODS} - {"topk", "fwd"}
+        args.quick = True
     fast_repeats, fast_budget = (5, 1.0) if args.quick else (60, 12.0)
     slow_repeats, slow_budget = (1, 0.0) if args.quick else (5, 8.0)
     ott_iterations = 100 if args.quick else 2000
     has_numba = importlib.util.find_spec("numba") is not None
     log(
-        f"jax {jax.__version__}, backend {jax.default_backend()}, float32, epsilon={eps}, "
-        f"numba for jaxopt: {has_numba}"
+        f"jax {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+        f"float32, epsilon={eps}, numba for jaxopt: {has_numba}"
     )
 
     cells: dict[str, dict[str, str]] = {m: {} for m, _ in METHODS}
@@ -306,7 +323,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.standard_normal((shape.rows, shape.n), dtype=np.float32))
         t = jnp.asarray(rng.standard_normal((shape.rows, shape.n), dtype=np.float32))
-        methods = build(shape, x, t, eps, ott_iterations)
+        methods = build(shape, x, t, eps, ott_iterations, skip)
         fast = {key: m for key, m in methods.items() if key not in SLOW and key not in skip}
         log(f"   {', '.join(fast)} (interleaved) ...")
         times: dict[str, Timing] = timed_interleaved(fast, fast_repeats, fast_budget)
@@ -358,9 +375,11 @@ def main() -> None:
             else:
                 speed[peer][shape.name] = "–"
         # Iteration counts and solver agreement (outside the timings, from the timed outputs).
-        its, converged = iteration_counts(shape, x, eps, 4.0 / 3.0)
-        its2, converged2 = iteration_counts(shape, x, eps, 2.0)
-        info = {"its": its, "its2": its2, "converged": str(converged and converged2)}
+        info: dict[str, str] = {}
+        if not args.tiny:
+            its, converged = iteration_counts(shape, x, eps, 4.0 / 3.0)
+            its2, converged2 = iteration_counts(shape, x, eps, 2.0)
+            info = {"its": its, "its2": its2, "converged": str(converged and converged2)}
 
         outputs = {key: timing.output for key, timing in times.items()}
         output = outputs.get

@@ -15,6 +15,7 @@ bench/RESULTS.md (other sections are left untouched).
     python bench/service.py                 # full run (~5 minutes on 2 cores)
     python bench/service.py --duration 2    # quicker
     python bench/service.py --baseline f00d56f   # also the service as of that commit, side by side
+    python bench/service.py --quick --duration 1  # smoke pass: echo vs service, small payload
 
 ``--baseline REV`` checks REV out into a temporary git worktree and runs its service as a fifth
 target with the same settings, measured in the same rounds as the others: a before/after
@@ -444,6 +445,55 @@ async def measure(
     return await closed_loop(target.port, request, clients, duration)
 
 
+async def run_quick(duration: float, clients_list: tuple[int, ...]) -> list[dict[str, Any]]:
+    """``--quick``: the echo and the service (batching on), the small payload, a few client
+    counts: a smoke pass for bench/gpu_check.sh (the service on this machine's device). The
+    caller's ``TOPK_*`` settings reach the service (gpu_check.sh's dry run: a small cover), and
+    its compilation cache, if set, is used instead of .jax_cache/bench."""
+    given = {k: v for k, v in os.environ.items() if k.startswith("TOPK_")}
+    for axis in ("ROW", "N"):  # warm-up buckets must be buckets: the caller's, unless it says
+        if f"TOPK_{axis}_BUCKETS" in given:
+            given.setdefault(f"TOPK_WARMUP_{axis}_BUCKETS", given[f"TOPK_{axis}_BUCKETS"])
+    cache = Path(given.get("TOPK_COMPILATION_CACHE_DIR") or ROOT / ".jax_cache" / "bench")
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    label = "small 1x64 k=2"
+    body = payloads()[label]
+    rows: list[dict[str, Any]] = []
+    targets = [start_echo()]
+    try:
+        await wait_ready(targets[0], "/")
+        targets.append(start_service("batching on", True, cache, grpc=False, extra=given))
+        await wait_ready(targets[1], "/readyz")
+        await closed_loop(targets[1].port, http_request(targets[1].path, body), 4, 0.5)
+        for clients in clients_list:
+            for target in targets:
+                request = http_request(target.path, body)
+                m = await closed_loop(target.port, request, clients, duration)
+                rows.append(row(target.name, label, clients, m))
+                print(rows[-1], flush=True)
+    finally:
+        for target in targets:
+            target.stop()
+    return rows
+
+
+def quick_report(rows: list[dict[str, Any]], duration: float) -> str:
+    lines = [
+        f"`python bench/service.py --quick --duration {duration:g}`: {os.cpu_count()} CPUs, the"
+        f" service's JAX backend in its log; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        "| payload | clients | echo req/s | service req/s | p50 ms | p99 ms | non-200 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for on in (r for r in rows if r["target"] == "batching on"):
+        echo = next(r for r in rows if r["target"] == "echo" and r["clients"] == on["clients"])
+        lines.append(
+            f"| {on['payload']} | {on['clients']} | {echo['rps']:.0f} | {on['rps']:.0f} | "
+            f"{on['p50_ms']:.1f} | {on['p99_ms']:.1f} | {on['errors']} |"
+        )
+    return "\n".join(lines)
+
+
 async def run(
     duration: float, baseline: str | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -618,6 +668,10 @@ def main() -> None:
     parser.add_argument("--serve-parked-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     parser.add_argument("--baseline", metavar="REV", help="also run the service as of REV")
+    parser.add_argument(
+        "--quick", action="store_true", help="echo vs service, small payload only (never writes)"
+    )
+    parser.add_argument("--clients", default="1,16", help="client counts of --quick")
     arguments = parser.parse_args()
     if arguments.serve_echo or arguments.serve_parked_echo:
         serve_echo(
@@ -625,6 +679,12 @@ def main() -> None:
             parked=bool(arguments.serve_parked_echo),
         )
         return
+    if arguments.quick:
+        clients_list = tuple(int(c) for c in arguments.clients.split(","))
+        quick_rows = asyncio.run(run_quick(arguments.duration, clients_list))
+        print(quick_report(quick_rows, arguments.duration))
+        failed = any(r["errors"] or not r["requests"] for r in quick_rows)
+        sys.exit(1 if failed else 0)
     rows, paced = asyncio.run(run(arguments.duration, arguments.baseline))
     section = report(rows, paced, arguments.duration)
     print(section)

@@ -52,9 +52,21 @@ def main() -> None:
     parser.add_argument("--ott-threshold", type=float, default=1e-4)
     parser.add_argument("--no-ott", action="store_true")
     parser.add_argument("--sorted-rows", type=int, default=8)
+    parser.add_argument(
+        "--quick", action="store_true", help="few repetitions, no ott, no sorted variant"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="dry run of the script itself: one 64x64 k=2 shape"
+    )
     args = parser.parse_args()
+    shapes = SHAPES
+    if args.quick or args.tiny:
+        args.repeats, args.rounds, args.no_ott, args.sorted_rows = 5, 2, True, 0
+    if args.tiny:
+        shapes, args.repeats, args.rounds = [(64, 64, 2)], 2, 1
     eps = args.epsilon
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, float32, epsilon={eps}")
+    device = jax.devices()[0].device_kind
+    print(f"jax {jax.__version__}, backend {jax.default_backend()} ({device}), float32, eps={eps}")
     header = (
         "| shape (B×n) | k | lax.top_k ms | soft fwd ms (×top_k) | soft fwd+JVP ms (×top_k) | "
         "Newton its (max) | ott topk_mask ms | ott / soft fwd+JVP | max |soft − ott| |"
@@ -62,7 +74,7 @@ def main() -> None:
     print(header)
     print("|" + "---|" * 9)
     sorted_lines = []
-    for b, n, k in SHAPES:
+    for b, n, k in shapes:
         x = jax.random.normal(jax.random.key(0), (b, n), jnp.float32)
         v = jax.random.normal(jax.random.key(1), (b, n), jnp.float32)
         topk = jax.jit(lambda z, k=k: jax.lax.top_k(z, k))
@@ -111,7 +123,9 @@ def main() -> None:
         )
         # Sorted variant: Sinkhorn iterations on a few rows, x scaled to the anchors' unit spacing.
         rows = min(b, args.sorted_rows)
-        if n * (k + 1) * rows <= 2**26:
+        if not rows:
+            pass
+        elif n * (k + 1) * rows <= 2**26:
             out = core.soft_topk_sorted(x[:rows], k, epsilon=eps, rescale_cost=True, max_iter=5000)
             its_sorted = np.asarray(out.info.iterations)
             sorted_lines.append(
@@ -132,7 +146,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for line in sorted_lines:
         print(line)
-    sort_and_rank(eps, args.repeats, with_ott=not args.no_ott)
+    if not args.tiny:
+        sort_and_rank(eps, args.repeats, with_ott=not args.no_ott)
 
 
 SORT_SHAPES = [(256, 64), (64, 256), (16, 1024)]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
 
 yaml = pytest.importorskip("yaml")
 
@@ -67,6 +69,22 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_cache_volume() 
     cache_dir = re.search(r"TOPK_COMPILATION_CACHE_DIR=(\S+)", dockerfile)
     assert cache_dir is not None
     assert f'VOLUME ["{cache_dir.group(1)}"]' in dockerfile
+
+
+def test_the_cuda_image_installs_the_cuda_extra_at_the_locked_jax() -> None:
+    """``JAX_EXTRA=cuda``: the ``cuda`` extra's wheels (jax[cuda12]) at the jax version the lock
+    installed, within the same bounds as the core dependency; no other value builds."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (cuda,) = (Requirement(text) for text in project["optional-dependencies"]["cuda"])
+    (jax,) = (Requirement(t) for t in project["dependencies"] if Requirement(t).name == "jax")
+    assert cuda.name == "jax" and cuda.extras == {"cuda12"} and cuda.specifier == jax.specifier
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert 'cuda) /opt/venv/bin/pip install "jax[cuda12]==$(' in dockerfile
+    assert "import jax; print(jax.__version__)" in dockerfile  # the version the lock installed
+    assert "JAX_EXTRA must be '' or 'cuda'" in dockerfile
+    assert "cuda12" not in re.sub(r"jax\[cuda12\]", "", dockerfile)  # the old argument value
+    for path in ("README.md", "deploy/README.md", "docker-compose.yml"):
+        assert "JAX_EXTRA=cuda12" not in (REPO / path).read_text(), path
 
 
 def test_grafana_admin_password_is_required_from_the_environment() -> None:
