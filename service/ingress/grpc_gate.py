@@ -54,8 +54,26 @@ def status_code(status: int) -> grpc.StatusCode:
 
 def message_size_limit(settings: Settings) -> int:
     """The largest message either way: a request as large as the HTTP body cap; an answer of four
-    float32 outputs of the largest request."""
-    return max(settings.max_body_bytes, 16 * settings.max_rows * settings.max_n + 65536)
+    float32 outputs per entry of the largest request (``max_entries`` bounds rows x longest row;
+    ``max_rows * max_n`` is 2^32 entries with the defaults, and gRPC takes a C int here)."""
+    return min(max(settings.max_body_bytes, 16 * settings.max_entries + 65536), 2**31 - 1)
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel options for these settings (C ints, so each below 2^31)."""
+    limit = message_size_limit(settings)
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        # Off: two servers on one port would otherwise share it silently.
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.grpc_max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", round(settings.grpc_max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
+        ]
+    return options
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -155,20 +173,9 @@ class GrpcGate:
     async def start(cls, ingress: Ingress, name: str, version: str) -> GrpcGate:
         """Bind ``TOPK_HOST:TOPK_GRPC_PORT`` and serve, on the running (uvicorn's) loop."""
         settings = ingress.runtime.settings
-        limit = message_size_limit(settings)
-        options = [
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            # Off: two servers on one port would otherwise share it silently.
-            ("grpc.so_reuseport", 0),
-        ]
-        if settings.grpc_max_connection_age_s > 0:
-            options += [
-                ("grpc.max_connection_age_ms", round(settings.grpc_max_connection_age_s * 1000)),
-                ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
-            ]
         server = grpc.aio.server(
-            options=options, maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(ingress, name, version), server

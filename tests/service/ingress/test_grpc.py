@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 from service import Settings
 from service.app import _start_grpc
 from service.ingress import gate
-from service.ingress.grpc_gate import PUSHBACK, message_size_limit
+from service.ingress.grpc_gate import PUSHBACK, message_size_limit, server_options
 from tests.service.ingress.test_oip import v1_as_tensors
 from tests.service.serving import ServerThread, metric, serving
 
@@ -325,3 +325,18 @@ def test_without_the_grpc_extra_a_default_port_warns_and_an_explicit_one_fails(
     with pytest.raises(RuntimeError, match="TOPK_GRPC_PORT is set"):
         asyncio.run(_start_grpc(app(Settings.from_env({"TOPK_GRPC_PORT": "8001"}))))
     assert Settings.from_env({"TOPK_GRPC_PORT": ""}).grpc_port is None
+
+
+def test_the_default_settings_make_a_grpc_server() -> None:
+    """`make run` (default settings) failed at start-up: the message limit was 16 x max_rows x
+    max_n = 2^36 bytes, which grpc's C int option cannot hold (OverflowError)."""
+    settings = Settings.from_env({})
+    limit = message_size_limit(settings)
+    assert settings.max_body_bytes <= limit < 2**31
+    assert limit >= 16 * settings.max_entries  # four float32 outputs of the largest request
+
+    async def build() -> None:
+        server = grpc.aio.server(options=server_options(settings))
+        await server.stop(None)
+
+    asyncio.run(build())
