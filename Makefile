@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 LOAD_ARGS ?= --scenario mixed --duration 60
 SOAK_ARGS ?= --duration 600
 
-FUZZ_EXAMPLES ?= 400
+FUZZ_EXAMPLES ?= 450
 
 .PHONY: install run test test-slow lint format bench bench-service load soak fuzz openapi lock clean
 
