@@ -4,9 +4,9 @@ A kernel computes any of its :class:`~service.device.variants.Variant` s, chosen
 
     kernel(selector, x, [tangent, cotangent,] k, epsilon, lengths) -> (out,) | (out, jvp, vjp)
 
-``selector`` is ``int32[3]``: the variant's index in the kernel's table (a ``lax.switch``: only
-that branch runs), then the two flags of its :class:`~service.device.variants.Form` (take ``|x|``
-first, multiply by ``x`` after). Every other argument has the bucket's rows on its leading axis;
+``selector`` is ``int32[5]``: the variant's index in the kernel's table (a ``lax.switch``: only
+that branch runs), then the four flags of its :class:`~service.device.variants.Form` (take ``|x|``
+first, multiply by ``x`` after, take ``-x`` first, negate after). Every other argument has the bucket's rows on its leading axis;
 ``k``, ``epsilon`` and ``lengths`` are per-row data, so any k, epsilon or row length within a
 bucket reuses the executable. A kernel with *lanes* also takes a tangent and a cotangent and
 returns the JVP and the VJP with respect to ``x``, both from one ``jax.linearize`` (the core's
@@ -51,6 +51,9 @@ _SPECS: dict[str, Operator] = {
 
 Source = Literal["compiled", "loaded"]
 
+# The variant's index, then the four flags of its Form.
+SELECTOR_LENGTH = 5
+
 
 @dataclass(frozen=True, order=True)
 class KernelKey:
@@ -82,7 +85,8 @@ class KernelInputs:
 def selector(key: KernelKey, form: Form) -> np.ndarray:
     """The ``selector`` argument that makes ``key``'s kernel compute ``form``."""
     index = key.variants.index(form.variant)
-    return np.array([index, form.of_magnitude, form.times_x], dtype=np.int32)
+    flags = (form.of_magnitude, form.times_x, form.of_negation, form.negated)
+    return np.array([index, *flags], dtype=np.int32)
 
 
 def _core_call(variant: Variant) -> Callable[..., jax.Array]:
@@ -108,7 +112,9 @@ def _branch(variant: Variant, lanes: bool) -> Callable[..., tuple[jax.Array, ...
         *directions, k, epsilon, lengths = rest
 
         def read(x_: jax.Array) -> jax.Array:
-            y = call(jnp.where(flags[0] != 0, jnp.abs(x_), x_), k, epsilon, lengths)
+            a = jnp.where(flags[0] != 0, jnp.abs(x_), x_)
+            y = call(jnp.where(flags[2] != 0, -a, a), k, epsilon, lengths)
+            y = jnp.where(flags[3] != 0, -y, y)
             return jnp.where(flags[1] != 0, x_ * y, y)
 
         if not lanes:
@@ -139,7 +145,7 @@ def argument_shapes(key: KernelKey) -> tuple[jax.ShapeDtypeStruct, ...]:
     rows, n = key.bucket.rows, key.bucket.n
     matrix = jax.ShapeDtypeStruct((rows, n), np.float32)
     return (
-        jax.ShapeDtypeStruct((3,), np.int32),
+        jax.ShapeDtypeStruct((SELECTOR_LENGTH,), np.int32),
         matrix,
         *([matrix, matrix] if key.lanes else []),
         jax.ShapeDtypeStruct((rows,), np.int32),

@@ -8,6 +8,11 @@ shape bucket (bench/RESULTS.md, "Start-up"):
 - outputs that the core defines from another one (``sparse_topk_values = x * sparse_topk_mask``,
   ``hard_topk_magnitude = x * hard_topk_mask(|x|)``, see their docstrings) are one variant read
   through a :class:`Form` (take ``|x|`` first, multiply by ``x`` after);
+- a compile-time choice the core defines as another choice on ``-x`` (``soft_sort`` ascending is
+  ``-soft_sort(-x)`` descending, ``soft_rank`` ascending is ``soft_rank(-x)`` descending,
+  ``isotonic_regression`` increasing is ``-isotonic_regression(-y)`` decreasing: see their
+  docstrings) is the other choice read with negations (:data:`MIRRORED`); negation is exact, so the
+  answers are the core's own to the bit (a test holds them to it, subnormals and ties included);
 - the solver ``auto`` is the core's ``threshold`` (the registry says so, and a test holds the core
   to it), so it is not compiled twice;
 - derivatives are not variants at all: a kernel computes the JVP and VJP lanes or it does not.
@@ -40,6 +45,16 @@ DERIVED: dict[str, tuple[str, bool, bool]] = {
 }
 
 
+# Compile-time choices the core defines as another choice on -x: function -> (knob, the value read
+# through the other one, that other value, negate the output too). Each saves a variant per cover
+# (~1 CPU-s of XLA compile and ~0.25 s of tracing each, bench/RESULTS.md "cover compile cost").
+MIRRORED: dict[str, tuple[str, bool, bool, bool]] = {
+    "soft_sort": ("descending", False, True, True),
+    "soft_rank": ("descending", False, True, False),
+    "isotonic_regression": ("increasing", True, False, True),
+}
+
+
 @dataclass(frozen=True, order=True)
 class Variant:
     """One computation: a core function and its compile-time keywords, sorted by name."""
@@ -54,11 +69,15 @@ class Variant:
 
 @dataclass(frozen=True)
 class Form:
-    """How an output is read from a variant: ``out = (x if times_x else 1) * f(|x| or x)``."""
+    """How an output is read from a variant:
+    ``out = (x if times_x else 1) * (-1 if negated else 1) * f(a)``, with ``a = |x|`` if
+    ``of_magnitude``, ``-x`` if ``of_negation``, else ``x``."""
 
     variant: Variant
     of_magnitude: bool
     times_x: bool
+    of_negation: bool = False
+    negated: bool = False
 
 
 def refusal(operator: str, static: Static) -> tuple[str, str] | None:
@@ -83,7 +102,13 @@ def form_of(operator: BoundOperator, output: str, static: Static) -> Form:
         (name, SOLVER_ALIASES.get(value, value) if name == "solver" else value)
         for name, value in static
     )
-    return Form(Variant(function, knobs), of_magnitude, times_x)
+    of_negation = negated = False
+    if function in MIRRORED:
+        knob, mirrored, other, negate_output = MIRRORED[function]
+        if (knob, mirrored) in knobs:
+            knobs = tuple((name, other if name == knob else value) for name, value in knobs)
+            of_negation, negated = True, negate_output
+    return Form(Variant(function, knobs), of_magnitude, times_x, of_negation, negated)
 
 
 def _choices(parameter: Parameter) -> Sequence[Any]:

@@ -16,7 +16,13 @@ import pytest
 
 from service.device.buckets import ShapeBucket
 from service.device.executable_store import ExecutableStore, fingerprint, jax_cache_is_on
-from service.device.kernels import CompiledKernels, KernelInputs, KernelKey, arguments
+from service.device.kernels import (
+    SELECTOR_LENGTH,
+    CompiledKernels,
+    KernelInputs,
+    KernelKey,
+    arguments,
+)
 from service.device.operators import bind_operators
 from service.device.variants import form_of
 from service.observability.compile_events import compile_stats, start_counting
@@ -33,7 +39,9 @@ INPUTS = KernelInputs(
 
 
 def run(kernels: CompiledKernels) -> np.ndarray:
-    return np.asarray(kernels.get(KEY)(*arguments(KEY, np.zeros(3, np.int32), INPUTS))[0])
+    return np.asarray(
+        kernels.get(KEY)(*arguments(KEY, np.zeros(SELECTOR_LENGTH, np.int32), INPUTS))[0]
+    )
 
 
 def test_a_stored_executable_loads_without_compiling_and_answers_the_same(tmp_path: Path) -> None:

@@ -13,7 +13,14 @@ import pytest
 
 import core
 from service.device.buckets import ShapeBucket
-from service.device.kernels import CompiledKernels, KernelInputs, KernelKey, arguments, selector
+from service.device.kernels import (
+    SELECTOR_LENGTH,
+    CompiledKernels,
+    KernelInputs,
+    KernelKey,
+    arguments,
+    selector,
+)
 from service.device.operators import bind_operators
 from service.device.variants import form_of, variant_table
 from service.observability.compile_events import compile_stats, start_counting
@@ -30,13 +37,16 @@ EPSILONS = np.array([0.5, 0.3, 1, 1, 1, 1, 1, 1], dtype=np.float32)
 REAL = 2
 
 # (operator, output, compile-time parameters given): derived outputs, the solver alias, dense
-# knobs; the routes' tests (tests/service/ingress) send every operator through the same cover.
+# knobs, mirrored choices (ascending sort and rank, increasing isotonic: read from the other
+# choice); the routes' tests (tests/service/ingress) send every operator through the same cover.
 FORMS: list[tuple[str, str, dict[str, Any]]] = [
     ("sparse", "values", {"p": 2.0, "solver": "dykstra"}),
     ("sparse", "magnitude", {"p": 4 / 3, "solver": "auto"}),
     ("soft", "mask", {}),
     ("hard", "magnitude", {}),
     ("sort", "values", {"descending": True, "regularization": "kl"}),
+    ("sort", "values", {"descending": False, "regularization": "l2"}),
+    ("rank", "values", {"descending": False, "regularization": "kl"}),
     ("isotonic", "values", {"increasing": True, "solver": "dykstra"}),
 ]
 
@@ -107,7 +117,7 @@ def test_calling_a_kernel_with_another_shape_raises_instead_of_compiling() -> No
     wrong = KernelInputs(
         np.zeros((2, 64), np.float32), KS[:2], EPSILONS[:2], LENGTHS[:2], *[np.zeros((2, 64))] * 2
     )
-    select = np.zeros(3, np.int32)
+    select = np.zeros(SELECTOR_LENGTH, np.int32)
     with pytest.raises(TypeError):
         cover().get(COVER)(*arguments(COVER, select, wrong))
 
@@ -138,7 +148,9 @@ def test_the_compile_listener_counts_compilations_and_nothing_on_reuse() -> None
         np.array([32, 3], np.int32),
     )
     for _ in range(3):
-        jax.block_until_ready(executable(*arguments(the_key, np.zeros(3, np.int32), inputs)))
+        jax.block_until_ready(
+            executable(*arguments(the_key, np.zeros(SELECTOR_LENGTH, np.int32), inputs))
+        )
     assert kernels.build(the_key) is None  # already there: nothing to do
     assert kernels.get(the_key) is executable
     assert compile_stats().compilations == compiled
