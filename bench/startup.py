@@ -17,8 +17,14 @@ Part 2 loads the cover kernels from the store of part 1 in this process and meas
 README's use cases, one batch on its exact kernel against the same batch on the cover that serves
 it until the exact kernel is built (the planner's calls: as many as the cover's rows need).
 
+Part 3 (``--compile-cost``, in this process) lowers and compiles each variant of the default
+variant table alone, then each whole cover, at the cover buckets, and prints the CPU seconds and
+wall time of each step: which variants dominate a cold start.
+
     python bench/startup.py              # both parts; writes the "## Start-up" section of RESULTS.md
     python bench/startup.py --no-write   # print only
+    python bench/startup.py --starts-only --repeat 3   # part 1 only, three times; print only
+    python bench/startup.py --compile-cost             # part 3 only; print only
 """
 
 from __future__ import annotations
@@ -223,6 +229,41 @@ def part_two(cache: Path) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------ part 3
+
+
+def compile_cost() -> list[str]:
+    """Trace+lower and compile CPU seconds (and wall) of each variant alone and of each cover."""
+    import jax
+
+    from service.device.kernels import KernelKey, argument_shapes, kernel_function
+    from service.device.operators import bind_operators
+    from service.device.variants import variant_table
+    from service.settings import Settings
+
+    settings = Settings.from_env({})
+    table = variant_table(bind_operators(settings.p_values))
+    lines = [
+        "| kernel | bucket | lower CPU | compile CPU | compile wall |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for bucket in settings.covers:
+        for variants in [(variant,) for variant in table] + [table]:
+            key = KernelKey(variants, True, bucket)
+            cpu = time.process_time()
+            lowered = jax.jit(kernel_function(variants, True)).lower(*argument_shapes(key))
+            lowered_cpu, compile_started = time.process_time(), time.perf_counter()
+            lowered.compile()
+            name = str(variants[0]) if len(variants) == 1 else f"cover: all {len(variants)}"
+            lines.append(
+                f"| {name} | {bucket} | {lowered_cpu - cpu:.2f} s"
+                f" | {time.process_time() - lowered_cpu:.2f} s"
+                f" | {time.perf_counter() - compile_started:.2f} s |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
 def write_section(text: str) -> None:
     current = RESULTS.read_text()
     pattern = re.compile(r"^## Start-up\n.*?(?=^## |\Z)", re.S | re.M)
@@ -236,10 +277,27 @@ def write_section(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    parser.add_argument(
+        "--starts-only", action="store_true", help="part 1 only (print only, no RESULTS.md)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of part 1 (--starts-only)")
+    parser.add_argument(
+        "--compile-cost", action="store_true", help="part 3 only (print only, no RESULTS.md)"
+    )
     arguments = parser.parse_args()
     load = os.getloadavg()
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"{machine}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
+    if arguments.compile_cost:
+        compile_cost()
+        return
+    if arguments.starts_only:
+        for _ in range(arguments.repeat):
+            with tempfile.TemporaryDirectory() as directory:
+                Path(directory).chmod(0o700)
+                part_one(Path(directory))
+            print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        return
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
         workdir.chmod(0o700)
