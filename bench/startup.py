@@ -247,6 +247,7 @@ def compile_cost() -> list[str]:
         "| kernel | bucket | lower CPU | compile CPU | compile wall |",
         "|---|---|---:|---:|---:|",
     ]
+    print("\n".join(lines), flush=True)
     for bucket in settings.covers:
         for variants in [(variant,) for variant in table] + [table]:
             key = KernelKey(variants, True, bucket)
