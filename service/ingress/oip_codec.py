@@ -29,7 +29,7 @@ from api.models import FLOAT32_OVERFLOW
 from api.oip import MODEL_VERSION
 from service.device.assembly import Answer
 from service.device.work import WorkUnit
-from service.ingress.oip_model import OipModel, OipReply, Tensor, invalid
+from service.ingress.oip_model import DTYPES, OipModel, OipReply, Tensor, invalid
 
 NUMBER_TYPES = frozenset({int, float})
 SCALARS = (bool, int, float, str)
@@ -37,6 +37,7 @@ REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 OUTPUT_KEYS = frozenset({"name", "parameters"})
 BINARY_SIZE = frozenset({"binary_data_size"})
+BINARY_DATA = frozenset({"binary_data"})
 Binary = bytes | memoryview
 
 
@@ -247,22 +248,25 @@ class OipCodec:
             return [(name, all_binary) for name in available]
         if type(outputs) is not list or not outputs:
             raise invalid("outputs", "name at least one output, or leave outputs out for all")
-        chosen: list[tuple[str, bool]] = []
+        chosen: dict[str, bool] = {}
         for index, output in enumerate(outputs):
-            field = f"outputs[{index}]"
             if type(output) is not dict or not output.keys() <= OUTPUT_KEYS:
-                raise invalid(field, "expected {name, parameters}")
+                raise invalid(f"outputs[{index}]", "expected {name, parameters}")
             name = output.get("name")
             if name not in available:
-                raise invalid(f"{field}.name", f"{name!r} is not one of {available}")
-            if any(chosen_name == name for chosen_name, _ in chosen):
-                raise invalid(f"{field}.name", f"{name!r} is asked for twice")
-            parameters_of = _scalars(output.get("parameters"), f"{field}.parameters")
-            binary = parameters_of.get("binary_data", all_binary)
-            if type(binary) is not bool or set(parameters_of) - {"binary_data"}:
-                raise invalid(f"{field}.parameters", "takes only binary_data (a boolean)")
-            chosen.append((name, binary))
-        return chosen
+                raise invalid(f"outputs[{index}].name", f"{name!r} is not one of {available}")
+            if name in chosen:
+                raise invalid(f"outputs[{index}].name", f"{name!r} is asked for twice")
+            parameters_of = output.get("parameters")
+            binary = all_binary
+            if parameters_of is not None:
+                parameters_of = _scalars(parameters_of, f"outputs[{index}].parameters")
+                binary = parameters_of.get("binary_data", all_binary)
+                if type(binary) is not bool or not parameters_of.keys() <= BINARY_DATA:
+                    reason = "takes only binary_data (a boolean)"
+                    raise invalid(f"outputs[{index}].parameters", reason)
+            chosen[name] = binary
+        return list(chosen.items())
 
     # ------------------------------------------------------------------ encode
 
@@ -274,13 +278,14 @@ class OipCodec:
         blobs: list[bytes] = []
         for name, binary in plan.outputs:
             tensor = tensors[name]
+            datatype = model.outputs[name]
             output: dict[str, Any] = {
                 "name": name,
-                "datatype": model.outputs[name],
+                "datatype": datatype,
                 "shape": list(tensor.shape),
             }
-            if binary:
-                blob = tensor.astype(tensor.dtype.newbyteorder("<"), copy=False).tobytes()
+            if binary:  # little-endian, in the declared datatype
+                blob = tensor.astype(DTYPES[datatype], copy=False).tobytes()
                 output["parameters"] = {"binary_data_size": len(blob)}
                 blobs.append(blob)
             else:
