@@ -25,7 +25,10 @@ the same rounds as the others: a before/after comparison that the machine's load
 then leaves out the rows and ratios it has no numbers for.
 
 Ratios between payloads count only the 200 answers: a cell of big bodies at 64 clients is partly
-answered by fast 503s from admission (the bodies' budget), which must not pass for speed.
+answered by fast 503s from admission (the bodies' budget), which must not pass for speed. Beside
+req/s, each ratio row gives the server's CPU time per request (its process's user + system time
+during the cell, all threads, over the 200 answers): on a shared machine the req/s of cells
+measured a minute apart drift with other work, the CPU a request costs much less.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import re
@@ -142,6 +146,14 @@ class Target:
     port: int
     path: str
     grpc_port: int | None = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the target's process has used so far (all its threads; Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return math.nan
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -275,6 +287,7 @@ class Measurement:
     errors: int
     seconds: float
     latencies: np.ndarray
+    cpu_seconds: float = math.nan  # the server's CPU time during the cell (all its threads)
 
     @property
     def rps(self) -> float:
@@ -562,8 +575,10 @@ async def run(
             for clients in CONCURRENCY:
                 for target in targets:
                     request = request_for(target, label, bodies)
+                    cpu = target.cpu_seconds()
                     m = await measure(target, label, request, clients, duration)
                     if m is not None:
+                        m.cpu_seconds = target.cpu_seconds() - cpu
                         rows.append(row(target.name, label, clients, m))
                         print(rows[-1], flush=True)
         on = targets[2]
@@ -593,6 +608,7 @@ def row(target: str, payload: str, clients: int, m: Measurement) -> dict[str, An
         "target": target, "payload": payload, "clients": clients, "requests": m.requests,
         "errors": m.errors, "rps": m.rps, "p50_ms": m.percentile(50), "p99_ms": m.percentile(99),
         "ok_rps": (m.requests - m.errors) / m.seconds,
+        "cpu_us": m.cpu_seconds / max(m.requests - m.errors, 1) * 1e6,  # per 200 answer
     }  # fmt: skip
 
 
@@ -665,10 +681,18 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
     pairs += [(OIP_SMALL_BINARY, OIP_SMALL_JSON, OIP_SMALL_JSON)]
     pairs += [(label, batched, f"{batched} (/v1/topk JSON)") for label in (OIP_JSON, OIP_BINARY, GRPC_BATCHED)]  # fmt: skip
     pairs += [(OIP_BINARY, OIP_JSON, OIP_JSON)]
-    lines += ["", "| ratio (batching on, 64 clients; 200 answers only) | measured |", "|---|---:|"]
+    lines += [
+        "",
+        "| ratio (batching on, 64 clients) | req/s (200 answers only) | server CPU per request |",
+        "|---|---:|---:|",
+    ]
     for label, other, named in pairs:
         if measured(label) and measured(other):
-            lines.append(f"| {label} ÷ {named} | {ok_ratio(label, other)} |")
+            cpu = find("batching on", label, 64)["cpu_us"], find("batching on", other, 64)["cpu_us"]
+            lines.append(
+                f"| {label} ÷ {named} | {ok_ratio(label, other)} | "
+                f"{cpu[0]:.0f} ÷ {cpu[1]:.0f} µs = {cpu[0] / cpu[1]:.0%} |"
+            )
     for grpc_label, http_label in ((GRPC_SMALL, OIP_SMALL_BINARY), (GRPC_BATCHED, OIP_BINARY)):
         for clients in (1, 64):
             if measured(grpc_label, clients) and measured(http_label, clients):
