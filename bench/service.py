@@ -16,10 +16,19 @@ bench/RESULTS.md (other sections are left untouched).
     python bench/service.py --duration 2    # quicker
     python bench/service.py --baseline f00d56f   # also the service as of that commit, side by side
     python bench/service.py --quick --duration 1  # smoke pass: echo vs service, small payload
+    python bench/service.py --payloads 'OIP (JSON|binary)$|k=[28]$'  # some payloads (printed)
 
-``--baseline REV`` checks REV out into a temporary git worktree and runs its service as a fifth
-target with the same settings, measured in the same rounds as the others: a before/after
-comparison that the machine's load drift cannot bias.
+``--baseline REV`` checks REV out into a temporary git worktree (or takes REV as an existing
+worktree's directory) and runs its service as a fifth target with the same settings, measured in
+the same rounds as the others: a before/after comparison that the machine's load drift cannot bias.
+``--payloads REGEX`` measures only the payloads whose label it matches (``re.search``); the report
+then leaves out the rows and ratios it has no numbers for.
+
+Ratios between payloads count only the 200 answers: a cell of big bodies at 64 clients is partly
+answered by fast 503s from admission (the bodies' budget), which must not pass for speed. Beside
+req/s, each ratio row gives the server's CPU time per request (its process's user + system time
+during the cell, all threads, over the 200 answers): on a shared machine the req/s of cells
+measured a minute apart drift with other work, the CPU a request costs much less.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import re
@@ -137,6 +147,14 @@ class Target:
     path: str
     grpc_port: int | None = None
 
+    def cpu_seconds(self) -> float:
+        """CPU time the target's process has used so far (all its threads; Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return math.nan
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -178,7 +196,10 @@ def start_service(
 
 
 def baseline_tree(revision: str) -> Path:
-    """A detached worktree of ``revision`` (made once, reused by later runs)."""
+    """A detached worktree of ``revision`` (made once, reused by later runs), or ``revision``
+    itself when it is a worktree's directory."""
+    if Path(revision).is_dir():
+        return Path(revision)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", revision],
         cwd=ROOT,
@@ -266,6 +287,7 @@ class Measurement:
     errors: int
     seconds: float
     latencies: np.ndarray
+    cpu_seconds: float = math.nan  # the server's CPU time during the cell (all its threads)
 
     @property
     def rps(self) -> float:
@@ -514,7 +536,7 @@ def quick_report(rows: list[dict[str, Any]], duration: float) -> str:
 
 
 async def run(
-    duration: float, baseline: str | None = None
+    duration: float, baseline: str | None = None, selected: str = ""
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All four servers run at once and every cell is measured back to back on all four, so
     that a drift in the machine's load (it is shared) biases no target against another."""
@@ -532,12 +554,20 @@ async def run(
             targets.append(start_service(name, batching, cache))
             await wait_ready(targets[-1], "/readyz")
         if baseline is not None:
-            name = f"baseline {baseline}"
             tree = baseline_tree(baseline)
+            revision = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=tree,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            name = f"baseline {revision}"
             grpc = (tree / "service" / "ingress" / "grpc_gate.py").exists()
             targets.append(start_service(name, True, cache / "baseline", tree, grpc=grpc))
             await wait_ready(targets[-1], "/readyz")
-        for label in [*bodies, *OIP_PAYLOADS, *GRPC_PAYLOADS]:
+        labels = [*bodies, *OIP_PAYLOADS, *GRPC_PAYLOADS]
+        for label in [label for label in labels if re.search(selected, label)]:
             for target in targets[2:]:  # first-touch effects out of the way
                 await measure(target, label, request_for(target, label, bodies), 4, 1.0)
             for target in targets[2:]:  # and the exact kernels they asked for built
@@ -545,19 +575,28 @@ async def run(
             for clients in CONCURRENCY:
                 for target in targets:
                     request = request_for(target, label, bodies)
+                    cpu = target.cpu_seconds()
                     m = await measure(target, label, request, clients, duration)
                     if m is not None:
+                        m.cpu_seconds = target.cpu_seconds() - cpu
                         rows.append(row(target.name, label, clients, m))
                         print(rows[-1], flush=True)
         on = targets[2]
         small = http_request(on.path, bodies["small 1x64 k=2"])
         saturation = max(
-            r["rps"] for r in rows if r["target"] == on.name and r["payload"].startswith("small")
+            (r["rps"] for r in rows if r["target"] == on.name and r["payload"].startswith("small")),
+            default=0.0,
         )
-        rate = 0.8 * saturation
-        m = await open_loop(on.port, small, 64, rate, max(duration, 5.0))
-        paced = {"rate": rate, "saturation": saturation, **row(on.name, "small 1x64 k=2", 64, m)}
-        print("paced", paced, flush=True)
+        paced: dict[str, Any] = {}
+        if any(r["payload"] == "small 1x64 k=2" for r in rows):  # not with a --payloads subset
+            rate = 0.8 * saturation
+            m = await open_loop(on.port, small, 64, rate, max(duration, 5.0))
+            paced = {
+                "rate": rate,
+                "saturation": saturation,
+                **row(on.name, "small 1x64 k=2", 64, m),
+            }
+            print("paced", paced, flush=True)
     finally:
         for target in targets:
             target.stop()
@@ -568,6 +607,8 @@ def row(target: str, payload: str, clients: int, m: Measurement) -> dict[str, An
     return {
         "target": target, "payload": payload, "clients": clients, "requests": m.requests,
         "errors": m.errors, "rps": m.rps, "p50_ms": m.percentile(50), "p99_ms": m.percentile(99),
+        "ok_rps": (m.requests - m.errors) / m.seconds,
+        "cpu_us": m.cpu_seconds / max(m.requests - m.errors, 1) * 1e6,  # per 200 answer
     }  # fmt: skip
 
 
@@ -625,21 +666,38 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
                     else " — | — | — |"
                 )
             lines.append(line)
+
+    def measured(payload: str, clients: int = 64) -> bool:
+        return any(r["payload"] == payload and r["clients"] == clients for r in rows)
+
+    def ok_ratio(label: str, other: str, clients: int = 64) -> str:
+        """req/s of 200 answers, ``label`` over ``other`` (batching on)."""
+        ok, base = find("batching on", label, clients), find("batching on", other, clients)
+        return f"{ok['ok_rps'] / base['ok_rps']:.0%}" if base["ok_rps"] else "—"
+
     small = "small 1x64 k=2"
-    lines += ["", "| ratio (batching on, 64 clients) | measured |", "|---|---:|"]
-    v1 = find("batching on", small, 64)["rps"]
-    for label in (OIP_SMALL_JSON, OIP_SMALL_BINARY):
-        lines.append(
-            f"| {label} ÷ {small} (/v1/topk) | {find('batching on', label, 64)['rps'] / v1:.0%} |"
-        )
     batched = "batched 256x1024 k=8"
-    for label in (OIP_JSON, OIP_BINARY, GRPC_BATCHED):
-        ratio = find("batching on", label, 64)["rps"] / find("batching on", batched, 64)["rps"]
-        lines.append(f"| {label} ÷ {batched} (/v1/topk JSON) | {ratio:.0%} |")
+    pairs = [(label, small, f"{small} (/v1/topk)") for label in (OIP_SMALL_JSON, OIP_SMALL_BINARY)]
+    pairs += [(OIP_SMALL_BINARY, OIP_SMALL_JSON, OIP_SMALL_JSON)]
+    pairs += [(label, batched, f"{batched} (/v1/topk JSON)") for label in (OIP_JSON, OIP_BINARY, GRPC_BATCHED)]  # fmt: skip
+    pairs += [(OIP_BINARY, OIP_JSON, OIP_JSON)]
+    lines += [
+        "",
+        "| ratio (batching on, 64 clients) | req/s (200 answers only) | server CPU per request |",
+        "|---|---:|---:|",
+    ]
+    for label, other, named in pairs:
+        if measured(label) and measured(other):
+            cpu = find("batching on", label, 64)["cpu_us"], find("batching on", other, 64)["cpu_us"]
+            lines.append(
+                f"| {label} ÷ {named} | {ok_ratio(label, other)} | "
+                f"{cpu[0]:.0f} ÷ {cpu[1]:.0f} µs = {cpu[0] / cpu[1]:.0%} |"
+            )
     for grpc_label, http_label in ((GRPC_SMALL, OIP_SMALL_BINARY), (GRPC_BATCHED, OIP_BINARY)):
         for clients in (1, 64):
-            ratio = find("batching on", grpc_label, clients)["rps"] / find("batching on", http_label, clients)["rps"]  # fmt: skip
-            lines.append(f"| {grpc_label} ÷ {http_label}, {clients} client(s) | {ratio:.0%} |")
+            if measured(grpc_label, clients) and measured(http_label, clients):
+                ratio = ok_ratio(grpc_label, http_label, clients)
+                lines.append(f"| {grpc_label} ÷ {http_label}, {clients} client(s) | {ratio} |")
     if baseline:
         for payload in dict.fromkeys(r["payload"] for r in rows):
             found = [r for r in rows if (r["target"], r["payload"], r["clients"]) == (baseline, payload, 64)]  # fmt: skip
@@ -647,9 +705,19 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
                 continue
             now, then = find("batching on", payload, 64), found[0]
             lines.append(
-                f"| {payload}: this tree ÷ {baseline} | {now['rps'] / then['rps']:.0%} "
+                f"| {payload}: this tree ÷ {baseline} | {now['ok_rps'] / then['ok_rps']:.0%} "
                 f"(p50 {now['p50_ms']:.1f} vs {then['p50_ms']:.1f} ms) |"
+                if then["ok_rps"]
+                else f"| {payload}: this tree ÷ {baseline} | — |"
             )
+    non_200 = [
+        f"{r['target']}, {r['payload']}, {r['clients']} clients: {r['errors']}"
+        for r in rows
+        if r["errors"]
+    ]
+    if not measured(small) or not paced:
+        lines += ["", f"Non-200 answers: {'; '.join(non_200) or 'none'}.", ""]
+        return "\n".join(lines)
     errors = sum(r["errors"] for r in rows) + paced.get("errors", 0)
     best_echo = max(find("echo", small, c)["rps"] for c in CONCURRENCY)
     best_on = max(find("batching on", small, c)["rps"] for c in CONCURRENCY)
@@ -665,7 +733,7 @@ def report(rows: list[dict[str, Any]], paced: dict[str, Any], duration: float) -
         f"| p99 / p50 at 80 % of saturation ({paced['rate']:.0f} req/s paced, small) | "
         f"{tail:.1f}× (p50 {paced['p50_ms']:.1f}, p99 {paced['p99_ms']:.1f}) | ≤ 3× | {'yes' if tail <= 3 else 'no'} |",
         "",
-        f"Non-200 answers during the run: {errors}.",
+        f"Non-200 answers during the run: {errors} ({'; '.join(non_200) or 'none'}).",
         "",
     ]
     return "\n".join(lines)
@@ -688,7 +756,15 @@ def main() -> None:
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-parked-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
-    parser.add_argument("--baseline", metavar="REV", help="also run the service as of REV")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also run the service as of REV (or a worktree's path)"
+    )
+    parser.add_argument(
+        "--payloads",
+        metavar="REGEX",
+        default="",
+        help="only the payloads whose label matches (printed, never written to RESULTS.md)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="echo vs service, small payload only (never writes)"
     )
@@ -706,10 +782,10 @@ def main() -> None:
         print(quick_report(quick_rows, arguments.duration))
         failed = any(r["errors"] or not r["requests"] for r in quick_rows)
         sys.exit(1 if failed else 0)
-    rows, paced = asyncio.run(run(arguments.duration, arguments.baseline))
+    rows, paced = asyncio.run(run(arguments.duration, arguments.baseline, arguments.payloads))
     section = report(rows, paced, arguments.duration)
     print(section)
-    if not arguments.no_write:
+    if not arguments.no_write and not arguments.payloads:  # the table is whole, or not written
         write_section(section)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -49,8 +48,7 @@ def summarised(error: ApiError) -> ApiError:
     return ApiError(error.status, summary, errors, error.headers)
 
 
-@dataclass(frozen=True)
-class OipReply:
+class OipReply(NamedTuple):
     """What to send back for a decoded request, and how."""
 
     id: str | None
@@ -60,10 +58,13 @@ class OipReply:
 
 
 class Tensor(NamedTuple):
-    """An input tensor: its shape and its values, a flat list (JSON) or an array (binary, gRPC)."""
+    """An input tensor: its shape and its values, a flat list (JSON) or an array (binary, gRPC).
+    ``finite``: the reader has already seen every value finite in float32 (so nobody scans the
+    values again for it)."""
 
     shape: tuple[int, ...]
     values: list[Any] | np.ndarray
+    finite: bool = False
 
 
 def finite(flat: list[Any], shape: tuple[int, ...], field: str) -> None:
@@ -78,8 +79,16 @@ def finite(flat: list[Any], shape: tuple[int, ...], field: str) -> None:
 
 
 def finite_float32(values: np.ndarray, field: str) -> np.ndarray:
-    """``values`` in float32, once every entry is known to stay finite there (422 otherwise)."""
-    bad = ~(np.abs(values.astype(np.float64, copy=False)) < FLOAT32_OVERFLOW)  # and NaN
+    """``values`` in float32, once every entry is known to stay finite there (422 otherwise).
+
+    A float32 array (binary FP32 data, the common case) is finite in float32 exactly when
+    ``isfinite`` says so, and is returned as it is: one pass, no copy."""
+    if values.dtype == np.float32:
+        if np.isfinite(values).all():
+            return values
+        bad = ~np.isfinite(values)
+    else:
+        bad = ~(np.abs(values.astype(np.float64, copy=False)) < FLOAT32_OVERFLOW)  # and NaN
     if bad.any():
         position = np.unravel_index(int(np.argmax(bad)), values.shape)
         where = field + "".join(f"[{int(i)}]" for i in position)
@@ -94,8 +103,11 @@ def _matrix(tensor: Tensor, field: str) -> Matrix:
     values = tensor.values
     if isinstance(values, np.ndarray):
         return finite_float32(values, field)
-    finite(values, tensor.shape, field)
+    if not tensor.finite:
+        finite(values, tensor.shape, field)
     rows, n = tensor.shape
+    if rows == 1:
+        return [values]
     return [values[i * n : (i + 1) * n] for i in range(rows)]
 
 
@@ -110,7 +122,9 @@ class OipModel:
         self.operators = {op.name: offered[op.name] for op in MODELS[model] if op.name in offered}
         self.inputs = model_inputs(model)
         self.outputs = model_outputs(model)
+        self._underived = [name for name in self.outputs if name not in ("jvp", "vjp")]
         self.parameters = model_parameters(model)
+        self.parameter_names = frozenset(self.parameters)
         self.specs = {p.name: p for op in MODELS[model] for p in op.parameters}
 
     @property
@@ -122,8 +136,8 @@ class OipModel:
 
     def check_parameters(self, parameters: dict[str, Any]) -> None:
         """422 for request parameters this model does not take."""
-        unknown = sorted(set(parameters) - set(self.parameters))
-        if unknown:
+        if not parameters.keys() <= self.parameter_names:
+            unknown = sorted(set(parameters) - self.parameter_names)
             raise invalid("parameters", f"unknown parameter(s) {unknown}")
 
     def input_name(self, field: str, name: Any, seen: dict[str, Tensor]) -> str:
@@ -159,60 +173,56 @@ class OipModel:
     def _work_unit(
         self, tensors: dict[str, Tensor], parameters: dict[str, Any]
     ) -> tuple[WorkUnit, str, str]:
-        rows, n = tensors["x"].shape
+        x = tensors["x"]
+        rows, n = x.shape
         limits = self.checks.limits
         if rows > limits.max_rows or n > limits.max_n:
             reason = f"shape [{rows}, {n}]; at most [{limits.max_rows}, {limits.max_n}]"
             raise invalid("x", reason, status=413)
         if rows == 0 or n == 0:
             raise invalid("x", "needs at least one row of at least one entry")
-        for name, tensor in tensors.items():
-            expected = (rows, n) if self.inputs[name][1] == 2 else (rows,)
-            if tensor.shape != expected:
-                raise invalid(name, f"shape {list(tensor.shape)}; x needs {list(expected)}")
+        alone = len(tensors) == 1  # x only: the common request
+        if not alone:
+            for name, tensor in tensors.items():
+                expected = (rows, n) if self.inputs[name][1] == 2 else (rows,)
+                if tensor.shape != expected:
+                    raise invalid(name, f"shape {list(tensor.shape)}; x needs {list(expected)}")
         operator, output = self._operator(parameters)
         given: dict[str, Any] = {}
+        specs = self.specs
         for name, value in parameters.items():
-            if name in ("operator", "output", "binary_data_output"):
+            spec = specs.get(name)
+            if spec is None:  # operator, output, binary_data_output: read elsewhere
                 continue
-            spec = self.specs.get(name)
-            wrong = None if spec is None else parameter_error(spec, value)
-            if spec is not None and spec.per_row and wrong is None:
+            wrong = parameter_error(spec, value)
+            if spec.per_row and wrong is None:
                 wrong = _per_row_error(name, value)
             if wrong is not None:
                 raise invalid(name, wrong)
             given[name] = value
-        per_row: dict[str, Any] = {}
-        for name in ("k", "epsilon"):
-            if name in tensors:
-                if name in given:
-                    raise invalid(name, f"give the {name} input or the {name} parameter, not both")
-                per_row[name] = self._per_row_input(name, tensors[name])
-            elif name in given:
-                per_row[name] = given[name]
-        k = per_row.get("k")
+        k = given.pop("k", None)
+        epsilon = given.get("epsilon")
+        if not alone:
+            for name in ("k", "epsilon"):
+                if name in tensors:
+                    if name == "k" and k is not None or name == "epsilon" and epsilon is not None:
+                        reason = f"give the {name} input or the {name} parameter, not both"
+                        raise invalid(name, reason)
+                    if name == "k":
+                        k = self._per_row_input(name, tensors[name])
+                    else:
+                        epsilon = given["epsilon"] = self._per_row_input(name, tensors[name])
         if self.topk and k is None:
             raise invalid("k", "give the k parameter (one k) or the k input (one per row)")
-        epsilon = per_row.get("epsilon")
-        given.pop("k", None)
-        if epsilon is not None:
-            given["epsilon"] = epsilon
         lengths = [n] * rows
-        directions = {
-            name: (_matrix(tensors[name], name), lengths)
-            for name in ("tangent", "cotangent")
-            if name in tensors
-        }
+        tangent = cotangent = None
+        if not alone:
+            if "tangent" in tensors:
+                tangent = (_matrix(tensors["tangent"], "tangent"), lengths)
+            if "cotangent" in tensors:
+                cotangent = (_matrix(tensors["cotangent"], "cotangent"), lengths)
         work = self.checks.work_unit(
-            operator,
-            output,
-            _matrix(tensors["x"], "x"),
-            lengths,
-            k,
-            epsilon,
-            given,
-            directions.get("tangent"),
-            directions.get("cotangent"),
+            operator, output, _matrix(x, "x"), lengths, k, epsilon, given, tangent, cotangent
         )
         return work, operator.name, output
 
@@ -250,6 +260,8 @@ class OipModel:
 
     def available(self, tensors: dict[str, Tensor]) -> list[str]:
         """The outputs a request with these inputs has (derivatives only with their direction)."""
+        if len(tensors) == 1:  # x alone: no derivative (a shared list, never changed)
+            return self._underived
         return [
             name
             for name in self.outputs
@@ -265,10 +277,11 @@ class OipModel:
         tensors: dict[str, np.ndarray] = {"values": values}
         if batch.support is not None:
             counts = batch.support.counts[answer.start : answer.stop]
-            order = batch.support.order[answer.start : answer.stop]
-            indices = np.full((len(counts), max(counts)), -1, dtype=np.int32)
-            for i, count in enumerate(counts):
-                indices[i, :count] = order[i, :count]
+            widest = max(counts)
+            indices = batch.support.order[answer.start : answer.stop, :widest].astype(np.int32)
+            if min(counts) < widest:  # a shorter support is padded with -1
+                for i, count in enumerate(counts):
+                    indices[i, count:] = -1
             tensors["indices"] = indices
         if batch.jvp is not None:
             jvp = answer.dense(batch.jvp)
