@@ -24,3 +24,22 @@ def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("kernel-cache")
     path.chmod(0o700)
     return path
+
+
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`), each test module a
+# group of its own (module-scoped servers start once), except the core's modules: they drop JAX's
+# in-memory caches after each module (tests/core/conftest.py), which makes the next in-process
+# test server of that worker compile its cover again (~40 CPU-s). So the core runs as two groups,
+# one per worker, split by their measured cost (sparse and SOFT are the two largest), and the
+# service tests that follow on a worker compile the cover once.
+CORE_GROUP_2 = {"test_soft.py", "test_properties.py", "test_device_paths.py", "test_isotonic.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(item.fspath)
+        if path.parent.name == "core" and path.parent.parent.name == "tests":
+            group = "core-2" if path.name in CORE_GROUP_2 else "core-1"
+        else:
+            group = str(path)
+        item.add_marker(pytest.mark.xdist_group(group))

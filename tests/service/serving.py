@@ -75,7 +75,9 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self._thread.start()
-        deadline = time.monotonic() + 120
+        # A hang guard, not a speed check: the first server of a test process compiles its cover
+        # (~40 CPU-s), on a core that the other pytest worker and its servers share.
+        deadline = time.monotonic() + 600
         while not self.server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the test server did not start")

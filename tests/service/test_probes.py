@@ -48,10 +48,10 @@ def test_readiness_waits_for_warm_up_and_goes_false_while_draining_serves(
             time.sleep(0.2)
             assert not early.done()
             release.set()
-            answer = early.result(timeout=60)
+            answer = early.result(timeout=300)  # the cover's compile, on a shared core
         assert answer.status_code == 200, answer.text
         assert answer.json()["rows"][0]["indices"] == [1]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while httpx.get(server.url + "/readyz").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
