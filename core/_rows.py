@@ -130,11 +130,17 @@ def scaled_difference(a: Array, b: Array, eps: Array, log2_scale: Array | None =
     return jnp.where(jnp.isfinite(difference), ratio(difference, eps, log2_scale), halved)
 
 
-def _magnitude_bits(v: Array) -> Array:
+def magnitude_bits(v: Array) -> Array:
     """The bits of ``|v|`` as a non-negative integer (ordered like ``|v|``, subnormals included)."""
     finfo = jnp.finfo(v.dtype)
     int_type = jnp.int32 if finfo.bits == 32 else jnp.int64
     return jax.lax.bitcast_convert_type(v, int_type) & jnp.iinfo(int_type).max
+
+
+def is_subnormal(v: Array) -> Array:
+    """Whether ``v`` is subnormal, read from its bits (the device's ``v != 0`` reads it as 0)."""
+    bits = magnitude_bits(v)
+    return (bits != 0) & ((bits >> jnp.finfo(v.dtype).nmant) == 0)
 
 
 def times_power_of_two(v: Array, exponent: Array) -> Array:
@@ -147,7 +153,7 @@ def times_power_of_two(v: Array, exponent: Array) -> Array:
     lost every float64 subnormal scaled by less than ``2**52``.
     """
     finfo = jnp.finfo(v.dtype)
-    bits = _magnitude_bits(v)
+    bits = magnitude_bits(v)
     significand = (bits & ((1 << finfo.nmant) - 1)).astype(v.dtype)
     fraction = significand * power_of_two(jnp.asarray(-finfo.nmant), v.dtype)  # exact, normal
     rebuilt = fraction * power_of_two(exponent + finfo.minexp, v.dtype)
@@ -164,7 +170,7 @@ def gap_ratio(a: Array, b: Array, eps: Array) -> Array:
     1.2e-38`` in float32); :func:`ratio` divides the scale out again together with ``eps``.
     """
     finfo = jnp.finfo(a.dtype)
-    field = jnp.maximum(_magnitude_bits(a), _magnitude_bits(b)) >> finfo.nmant
+    field = jnp.maximum(magnitude_bits(a), magnitude_bits(b)) >> finfo.nmant
     exponent = jnp.where(field == 0, -finfo.minexp, jnp.clip(finfo.maxexp - 2 - field, 0, None))
     exponent = exponent.astype(jnp.int32)
     return scaled_difference(
@@ -201,7 +207,7 @@ def ordered_keys(x: Array) -> Array:
     """
     int_type = jnp.int32 if x.dtype.itemsize <= 4 else jnp.int64
     raw = jax.lax.bitcast_convert_type(x, int_type)
-    raw = jnp.where(_magnitude_bits(x) == 0, 0, raw)  # -0 becomes +0
+    raw = jnp.where(magnitude_bits(x) == 0, 0, raw)  # -0 becomes +0
     return jnp.where(raw < 0, raw ^ jnp.array(jnp.iinfo(int_type).max, int_type), raw)
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from core._domain import MASK_MAX_RATIO_LOG2
-from core._rows import power_of_two, times_power_of_two
+from core._rows import is_subnormal, magnitude_bits, power_of_two, times_power_of_two
 
 __all__ = [
     "MASK_MAX_RATIO_LOG2",
@@ -44,8 +44,7 @@ __all__ = [
 def exponent(v: Array) -> Array:
     """``e`` with ``2^(e-1) <= |v| < 2^e`` (``frexp``'s), read from the bits (subnormals too); 0 for 0."""
     finfo = jnp.finfo(v.dtype)
-    int_type = jnp.int32 if finfo.bits == 32 else jnp.int64
-    bits = jax.lax.bitcast_convert_type(v, int_type) & jnp.iinfo(int_type).max
+    bits = magnitude_bits(v)
     field = (bits >> finfo.nmant).astype(jnp.int32)
     significand = (bits & ((1 << finfo.nmant) - 1)).astype(v.dtype)
     subnormal = (
@@ -65,8 +64,7 @@ def scale_by_power_of_two(v: Array, exponent: Array) -> Array:
     # Up: a normal v in two steps (one factor 2^exponent may overflow where v * 2^exponent does
     # not); a subnormal v in one rebuild, since its first step may still be subnormal, i.e. 0.
     up = times_power_of_two(times_power_of_two(v, jnp.maximum(half, 0)), jnp.maximum(rest, 0))
-    subnormal = is_subnormal(v)
-    up = jnp.where(subnormal, times_power_of_two(v, jnp.maximum(exponent, 0)), up)
+    up = jnp.where(is_subnormal(v), times_power_of_two(v, jnp.maximum(exponent, 0)), up)
     return jnp.where(exponent >= 0, up, down)
 
 
@@ -77,14 +75,6 @@ def _scale_jvp(primals: tuple[Array, Array], tangents: tuple[Array, Array]) -> t
     half = exponent // 2
     factors = power_of_two(half, v.dtype), power_of_two(exponent - half, v.dtype)
     return scale_by_power_of_two(v, exponent), tangents[0] * factors[0] * factors[1]
-
-
-def is_subnormal(v: Array) -> Array:
-    """Whether ``v`` is subnormal, read from its bits (the device's ``v != 0`` reads it as 0)."""
-    finfo = jnp.finfo(v.dtype)
-    int_type = jnp.int32 if finfo.bits == 32 else jnp.int64
-    bits = jax.lax.bitcast_convert_type(v, int_type) & jnp.iinfo(int_type).max
-    return (bits != 0) & ((bits >> finfo.nmant) == 0)
 
 
 def _row_top(x: Array, valid: Array) -> Array:
