@@ -178,8 +178,13 @@ def test_the_compilation_cache_is_written_and_read(
     assert counter(metrics, "topk_kernel_compilations_total", "request") == 0
     if request.node.callspec.params["server"] == "plain uvicorn":  # started after the other one
         assert loaded == 1, "the cover was not loaded from the first server's store"
-        # and the exact kernels the first server built for its requests, in the background
-        assert counter(metrics, "topk_kernel_loads_total", "background") > 0
+        # and the exact kernels the first server built for its requests, in the background: after
+        # ready, on the background thread (it may not have reached them when this test begins)
+        deadline = time.monotonic() + 120
+        while counter(metrics, "topk_kernel_loads_total", "background") == 0:
+            assert time.monotonic() < deadline, "no stored exact kernel was loaded"
+            time.sleep(0.2)
+            metrics = httpx.get(server.url + "/metrics").text
 
 
 def test_oip_over_grpc_answers_beside_http(server: Server) -> None:
