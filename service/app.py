@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> TopKApp:
             if grpc is not None:
                 await grpc.stop()
             await runtime.stop()
+            app.state.ingress.close()
 
     app = TopKApp(
         title="topk-service",

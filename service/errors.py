@@ -32,6 +32,10 @@ class ApiError(Exception):
         self.body = ErrorBody(error=error, errors=list(errors))
         self.headers = dict(headers or {})
 
+    def __reduce__(self) -> tuple[type[ApiError], tuple[object, ...]]:
+        # Refusals cross a process boundary (service/ingress/reader_process.py).
+        return ApiError, (self.status, self.body.error, self.body.errors, self.headers)
+
 
 def error_response(
     status: int, body: ErrorBody, headers: Mapping[str, str] | None = None

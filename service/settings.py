@@ -203,13 +203,20 @@ class Settings(BaseModel):
             " let through). 0: max_body_bytes."
         ),
     )
+    big_body_reader: Literal["process", "thread"] = Field(
+        "process",
+        description=(
+            "Where JSON bodies above 64 KiB are parsed: in one child process, started by the first"
+            " (parsing holds the GIL the event loop needs), or on the bodies' thread."
+        ),
+    )
     big_body_share: float = Field(
         0.15,
         gt=0,
         le=1,
         description=(
-            "Most of the time the thread decoding bodies above 64 KiB may take while small requests"
-            " are arriving (JSON decoding holds the GIL the event loop needs); 1: no limit."
+            "Most of the time the thread reading bodies above 64 KiB (and writing their answers)"
+            " may take while small requests are arriving; 1: no limit."
         ),
     )
 

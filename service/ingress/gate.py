@@ -48,6 +48,7 @@ from service.ingress.oip_codec import OipCodec, split_body
 from service.ingress.oip_model import OipModel, OipReply, summarised
 from service.ingress.oip_model import invalid as oip_invalid
 from service.ingress.pacing import BigBodyThread
+from service.ingress.reader_process import ReaderProcess
 from service.ingress.v1_reader import V1Reader
 from service.ingress.v1_writer import dense_json, topk_json
 from service.runtime import ServiceRuntime
@@ -195,6 +196,11 @@ class Ingress:
         self.bodies = BodyBudget(settings.max_body_bytes_in_flight)
         runtime.metrics.body_bytes_in_flight.set_function(lambda: self.bodies.held)
         self.big_bodies = BigBodyThread(settings.big_body_share)
+        self.reader_process = ReaderProcess(settings, self.decode)
+
+    def close(self) -> None:
+        """Stop what the ingress started (the body reader's process); after the runtime's drain."""
+        self.reader_process.close()
 
     @property
     def max_body(self) -> int:
@@ -403,8 +409,9 @@ class Ingress:
         try:
             if big:
                 big_bodies = self.big_bodies
+                decode = self.reader_process.decode
                 work, plan = await loop.run_in_executor(
-                    big_bodies.executor, big_bodies.run, self.decode, endpoint, headers, body
+                    big_bodies.executor, big_bodies.run, decode, endpoint, headers, body
                 )
             else:
                 self.big_bodies.small_seen = started

@@ -14,6 +14,10 @@ rests after each job: a job that took ``t`` seconds is followed by ``t × (1/sha
 of nothing, so that it uses at most ``share`` (``TOPK_BIG_BODY_SHARE``) of the time. Without
 small traffic it runs flat out: big requests alone lose nothing. Binary OIP tensors cost almost
 no decoding, which is the better way to send big inputs.
+
+JSON bodies are now parsed in a child process (:mod:`service.ingress.reader_process`): this
+thread waits for it without the GIL, and writes the big answers. The rests still hold the CPU
+that big bodies take, the child's included, to ``share`` while small requests arrive.
 """
 
 from __future__ import annotations
