@@ -74,10 +74,37 @@ def parse_arguments() -> argparse.Namespace:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The RSS of ``pid`` and of its children: the server's body reader is a child process
+    (service/ingress/reader_process.py), and its memory is the server's too."""
+    total = 0
+    for process in (pid, *children(pid)):
+        try:
+            status = Path(f"/proc/{process}/status").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from each process's parent in /proc/<pid>/stat)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        below = [child for child, of in parents.items() if of == parent]
+        found += below
+        frontier += below
+    return found
 
 
 def open_fds(pid: int) -> int:
@@ -216,7 +243,7 @@ def plot(
     latency.legend(loc="upper left")
     times = [s["time"] - start for s in samples]
     memory.plot(times, [s["rss_mib"] for s in samples], marker=".", label="RSS")
-    memory.set_ylabel("server RSS (MiB)")
+    memory.set_ylabel("server RSS, with its children (MiB)")
     descriptors.plot(times, [s["fds"] for s in samples], marker=".", color="tab:green")
     descriptors.set_ylabel("open file descriptors")
     descriptors.set_xlabel("seconds since the server was ready")
@@ -300,7 +327,7 @@ def markdown(result: dict[str, Any], title: str) -> str:
         f"| {result['requests']} | {result['failures']} | {result['rps']:.1f} "
         f"| {result['p50_ms']:.0f} | {result['p99_ms']:.0f} |",
         "",
-        "| server RSS (MiB) | ready | max during the soak | before the burst | max in the burst "
+        "| server RSS with its children (MiB) | ready | max during the soak | before the burst | max in the burst "
         "| settled after it |",
         "|---|---:|---:|---:|---:|---:|",
         f"| | {rss['ready']:.0f} | {rss['soak_max']:.0f} | {rss['before_burst']:.0f} "
