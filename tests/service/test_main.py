@@ -142,3 +142,80 @@ def test_sigterm_drains_every_request_taken_and_exits_0() -> None:
             server.wait()
         for client, _, _ in clients:
             client.close()
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (and that still run)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` still runs (an exited child whose parent is gone can stay a zombie here:
+    this sandbox's init does not reap orphans)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_body_reader_process_reads_big_bodies_and_stops_with_the_server() -> None:
+    """A JSON body above 64 KiB is parsed in a child process (service/ingress/reader_process.py):
+    the answers are right before and after it is up, and SIGTERM still exits 0, child gone."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TOPK_")}
+    environment.update(
+        ENVIRONMENT, JAX_PLATFORMS="cpu", TOPK_MAX_QUEUE_DELAY_MS="0", TOPK_DRAIN_DELAY_S="0.2"
+    )
+    command = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
+    server = subprocess.Popen(command, cwd=REPO, env=environment)
+    rng = np.random.default_rng(11)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, "the server died during start-up"
+            assert time.monotonic() < deadline, "the server never got ready"
+            try:
+                if get(port, "/readyz") == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert children(server.pid) == [], "no reader before a big body"
+        after_child = 0
+        while after_child < 3:  # bodies answered once the child is running
+            assert time.monotonic() < deadline, "the reader process never started"
+            rows = rng.normal(size=(8, 16)).round(3)
+            k = int(rng.integers(1, 17))
+            body = json.dumps({"x": rows.tolist(), "k": k, "operator": "hard"}) + " " * 70_000
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as client:
+                head = (
+                    "POST /v1/topk HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                )
+                client.sendall(head.encode() + body.encode())
+                [(status, _, answer)] = read_responses(client, 1)
+            assert status == 200, answer
+            for row, got in zip(rows, json.loads(answer)["rows"], strict=True):
+                expected = sorted(np.argsort(-row, kind="stable")[:k].tolist())
+                assert sorted(got["indices"]) == expected
+            started = children(server.pid) or started
+            after_child += bool(started)
+            time.sleep(0.5)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        time.sleep(0.5)
+        assert not [child for child in started if running(child)], "a child outlived the server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
