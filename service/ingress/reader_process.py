@@ -16,16 +16,19 @@ from the same settings, in one child process: this process only copies the body 
 unit's arrays back (a 1 MB matrix unpickles in ~0.2 ms), both outside the GIL's long holds. The
 child answers exactly what the parent would, refusals included (an :class:`ApiError` pickles).
 
-The child is started by the first big body and read by the ones after it once it is up (the
-import takes ~1 s and ~170 MB, JAX's modules included, though it never runs JAX); until then, and
-if it ever dies, the bodies' thread reads the body itself, as it would with
-``TOPK_BIG_BODY_READER=thread``, and a dead child is started again by the next big body.
+The child runs at a lower priority (:data:`CHILD_NICENESS`), so that on a busy machine it waits
+for the CPU rather than the event loop. It is started by the first big body and reads the ones
+after it once it is up (the import takes ~1 s and ~170 MB, JAX's modules included, though it
+never runs JAX); until then, and if it ever dies, the bodies' thread reads the body itself, as it
+would with ``TOPK_BIG_BODY_READER=thread``, and a dead child is started again by the next big
+body.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -44,6 +47,12 @@ Decode = Callable[["Endpoint", "RequestHeaders", bytes], "tuple[WorkUnit, Any]"]
 
 _child: Ingress | None = None  # in the child: the ingress that reads the bodies
 
+# The child yields the CPU to the event loop: on 2 shared CPUs, a runnable loop waited for a CPU
+# 20-29 % of the time (bench/RESULTS.md, "The 503's tail"). Measured in one 3-round run of
+# bench/mixed.py against the same tree at niceness 0: the 503's p99 14.7 vs 25.6 ms with the big
+# clients alone, 39.6 vs 48.2 ms in the mix; big requests served in the mix 3.4 vs 4.2/s.
+CHILD_NICENESS = 10
+
 
 def _start_child(settings: Settings) -> None:
     global _child
@@ -51,6 +60,8 @@ def _start_child(settings: Settings) -> None:
     from service.runtime import ServiceRuntime
 
     _child = Ingress(ServiceRuntime(settings))
+    if hasattr(os, "nice"):
+        os.nice(CHILD_NICENESS)
 
 
 def _child_ready() -> bool:

@@ -17,7 +17,7 @@ import pytest
 from service.errors import ApiError
 from service.ingress.gate import Ingress
 from service.ingress.headers import RequestHeaders
-from service.ingress.reader_process import ReaderProcess
+from service.ingress.reader_process import CHILD_NICENESS, ReaderProcess
 from service.runtime import ServiceRuntime
 from service.settings import Settings
 
@@ -213,3 +213,12 @@ def test_thread_setting_and_close_keep_every_body_here() -> None:
     assert all(not child.is_alive() for child in children), "close stops the child"
     assert same(outcome(closed, route, body, child=True), expected)
     assert closed.reader_process._pool is None, "and starts no other"
+
+
+def test_the_child_yields_the_cpu_to_the_event_loop(gate: Ingress) -> None:
+    reader = gate.reader_process
+    up(reader)
+    assert reader._pool is not None
+    [pid] = list(reader._pool._processes)
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(mine + CHILD_NICENESS, 19)
