@@ -6,6 +6,7 @@ stop routing meanwhile), then stops accepting, answers every request it had rece
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,6 +56,19 @@ def get(port: int, path: str) -> int:
         return error.code
 
 
+def wait_ready(server: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 300
+    while True:
+        assert server.poll() is None, "the server died during start-up"
+        assert time.monotonic() < deadline, "the server never got ready"
+        try:
+            if get(port, "/readyz") == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+
+
 def queued(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -81,16 +95,7 @@ def test_sigterm_drains_every_request_taken_and_exits_0() -> None:
     rng = np.random.default_rng(7)
     clients: list[tuple[socket.socket, list[float], int]] = []
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, "the server died during start-up"
-            assert time.monotonic() < deadline, "the server never got ready"
-            try:
-                if get(port, "/readyz") == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        wait_ready(server, port)
         for _ in range(IN_FLIGHT):  # every body fully sent before the signal
             row = rng.normal(size=int(rng.integers(2, 17))).round(3).tolist()
             k = int(rng.integers(1, len(row) + 1))
@@ -145,16 +150,12 @@ def test_sigterm_drains_every_request_taken_and_exits_0() -> None:
 
 
 def children(pid: int) -> list[int]:
-    """The processes ``pid`` started (and that still run)."""
+    """The processes ``pid`` started (the fourth field of /proc/<child>/stat is its parent)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                found.append(int(stat.parent.name))
     return found
 
 
@@ -180,18 +181,10 @@ def test_the_body_reader_process_reads_big_bodies_and_stops_with_the_server() ->
     rng = np.random.default_rng(11)
     started: list[int] = []
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, "the server died during start-up"
-            assert time.monotonic() < deadline, "the server never got ready"
-            try:
-                if get(port, "/readyz") == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        wait_ready(server, port)
         assert children(server.pid) == [], "no reader before a big body"
         after_child = 0
+        deadline = time.monotonic() + 300
         while after_child < 3:  # bodies answered once the child is running
             assert time.monotonic() < deadline, "the reader process never started"
             rows = rng.normal(size=(8, 16)).round(3)
