@@ -118,10 +118,15 @@ class ReaderProcess:
                 return None
             if self._pool is None:
                 context = multiprocessing.get_context("spawn")  # never fork a process running XLA
-                self._pool = ProcessPoolExecutor(
-                    1, mp_context=context, initializer=_start_child, initargs=(self.settings,)
-                )
-                self._up = self._pool.submit(_child_ready)
+                try:
+                    self._pool = ProcessPoolExecutor(
+                        1, mp_context=context, initializer=_start_child, initargs=(self.settings,)
+                    )
+                    self._up = self._pool.submit(_child_ready)
+                except OSError:  # e.g. no /dev/shm for its locks: every body is read here
+                    log.exception("the body reader process cannot start; reading bodies here")
+                    self.enabled = False
+                    self._pool = self._up = None
                 return None
             up = self._up
             assert up is not None

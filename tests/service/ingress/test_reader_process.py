@@ -222,3 +222,18 @@ def test_the_child_yields_the_cpu_to_the_event_loop(gate: Ingress) -> None:
     [pid] = list(reader._pool._processes)
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpriority(os.PRIO_PROCESS, pid) == min(mine + CHILD_NICENESS, 19)
+
+
+def test_a_child_that_cannot_start_leaves_every_body_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = ingress()
+    route, request = v1_bodies()[0]
+    body = json.dumps(request).encode()
+    expected = outcome(made, route, body, child=False)
+
+    def no_semaphores(*_args: object, **_kwargs: object) -> None:
+        raise OSError(38, "Function not implemented")  # what a sandbox without /dev/shm says
+
+    monkeypatch.setattr("service.ingress.reader_process.ProcessPoolExecutor", no_semaphores)
+    for _ in range(2):
+        assert same(outcome(made, route, body, child=True), expected)
+    assert not made.reader_process.enabled and made.reader_process._pool is None
