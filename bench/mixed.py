@@ -3,7 +3,8 @@
 The scenario of issue 15: 64 closed-loop clients sending 256 × 1024 ``/v1/topk`` JSON bodies
 (each a full batch, ~2 MB) beside 256 closed-loop clients sending 1 × 64 requests. Small-request
 throughput and p50/p99 are measured alone, then in the mix; the big clients honour ``Retry-After``
-on a 503 (as a well-behaved client does) and the latency of those 503s is measured too. With
+on a 503 (as a well-behaved client does) and the latency of those 503s is measured too, and so is
+the time a probe in a process of its own waits for the 503 of a big request's headers. With
 ``--baseline REV`` the service as of REV (a ``git archive`` of it, no worktree) runs beside this
 tree and every phase is measured on both, back to back, so that the shared machine's load drift
 biases neither. Results go to the ``## Service: big and small requests together`` section of
