@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from core._candidates import mask_threshold
 from core._rows import as_float_array, row_k, row_lengths, row_param, safe_divide, valid_entries
 from core._sparse_isotonic import sorted_threshold
 from core._threshold import exponent, power, solve_threshold
@@ -52,6 +53,35 @@ def _threshold(
     if solver == "dykstra":
         return sorted_threshold(a, valid, k, eps, p=p, magnitude=magnitude, method="dykstra")
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+
+
+def _mask_threshold(
+    x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str
+) -> tuple[Array, Array]:
+    """``x`` shifted per row and the mask's ``tau`` in those units: ``z = (x_shifted - tau)/eps``.
+
+    ``"auto"``/``"threshold"``: rows with small k are solved on their largest values
+    (:func:`core._candidates.mask_threshold`, shifted by the k-th), the others by the sort-free
+    solver (unshifted). The other solvers give ``tau`` in the units of ``x``.
+    """
+    if solver not in ("auto", "threshold"):
+        return x, _threshold(x, k, eps, lengths, p, solver, magnitude=False)
+    batch, n = x.shape[:-1], x.shape[-1]
+
+    def general(x_: Array, valid_: Array, k_: Array, eps_: Array) -> Array:
+        return solve_threshold(x_, valid_, k_, eps_, p=p, magnitude=False).tau
+
+    shift, tau = mask_threshold(
+        x.reshape(-1, n),
+        valid_entries(x, lengths).reshape(-1, n),
+        k.reshape(-1),
+        eps.reshape(-1),
+        exponent(p),
+        general,
+    )
+    shift = shift.reshape((*batch, 1))
+    # An unshifted row keeps x itself (x - 0 would flush its subnormal entries).
+    return jnp.where(shift != 0, x - shift, x), tau.reshape(batch)
 
 
 # ----------------------------------------------------------------------------------------- mask
@@ -123,8 +153,8 @@ def _mask_from_parts(z: Array, top: Array, block: Array, k: Array, r: float) -> 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def _mask(x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str) -> Array:
-    tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
-    z, top, block = _mask_parts(x, tau, k, eps, valid_entries(x, lengths), exponent(p))
+    shifted, tau = _mask_threshold(x, k, eps, lengths, p, solver)
+    z, top, block = _mask_parts(shifted, tau, k, eps, valid_entries(x, lengths), exponent(p))
     return _mask_from_parts(z, top, block, k, exponent(p))
 
 
@@ -136,8 +166,8 @@ def _mask_jvp(
     dx, _, deps, _ = tangents
     r = exponent(p)
     valid = valid_entries(x, lengths)
-    tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
-    z, top, free = _mask_parts(x, tau, k, eps, valid, r)
+    shifted, tau = _mask_threshold(x, k, eps, lengths, p, solver)
+    z, top, free = _mask_parts(shifted, tau, k, eps, valid, r)
     y = _mask_from_parts(z, top, free, k, r)
     # y = z^r on the pooled block F = {0 < z < 1}, z = (x - tau)/eps;  sum_F dy = 0 fixes dtau.
     d = jnp.where(free, (r / eps[..., None]) * power(jnp.where(free, z, 0), r - 1.0), 0)
