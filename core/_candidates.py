@@ -366,12 +366,17 @@ def mask_threshold(
         tau, _ = _candidate_threshold(d, count, settled, k, eps, r)
         return shift, tau, ~settled
 
-    if source == "chain":
-        shift, tau, failed = by_chain(x, valid)
-    elif source == "top_k":
-        shift, tau, failed = by_top_k(x, valid)
-    else:
-        shift, tau, failed = jax.lax.platform_dependent(x, valid, cpu=by_chain, default=by_top_k)
+    def candidates(x: Array, valid: Array) -> tuple[Array, Array, Array]:
+        if source == "chain":
+            return by_chain(x, valid)
+        if source == "top_k":
+            return by_top_k(x, valid)
+        return jax.lax.platform_dependent(x, valid, cpu=by_chain, default=by_top_k)
+
+    def none(_x: Array, _valid: Array) -> tuple[Array, Array, Array]:  # no pass over the rows
+        return jnp.zeros_like(eps), jnp.zeros_like(eps), small
+
+    shift, tau, failed = jax.lax.cond(jnp.any(small), candidates, none, x, valid)
     shift = jnp.where(small, shift, 0)
     tau = jnp.where(small, tau, trivial_threshold(x, valid, k, eps))
     failed = (small & failed) | (~small & ~lower)

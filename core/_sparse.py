@@ -8,10 +8,12 @@ The soft top-k mask is the regularised linear program over the permutahedron ``P
         \langle y, x\rangle - \frac{\varepsilon}{p} \|y\|_p^p ,
 
 which keeps exact zeros for every ``p > 1`` and tends to the hard top-k mask as ``eps -> 0``. Three
-exact or approximate solvers compute it: ``"threshold"`` (sort-free, one scalar per row, the
-default), ``"pav"`` (sort, then pool adjacent violators on the device) and ``"dykstra"`` (sort, then
-the paper's GPU-friendly alternating projections, approximate). All of them return the row
-threshold ``tau``; the outputs and their derivatives are element-wise functions of ``x`` and ``tau``.
+exact or approximate solvers compute it: ``"threshold"`` (the default: one scalar per row, without
+sorting; for the mask, rows with ``k <= 16`` are solved on their largest values,
+:mod:`core._candidates`), ``"pav"`` (sort, then pool adjacent violators on the device) and
+``"dykstra"`` (sort, then the paper's GPU-friendly alternating projections, approximate). All of
+them return the row threshold ``tau``; the outputs and their derivatives are element-wise functions
+of ``x`` and ``tau``.
 
 Derivatives are hand-written ``custom_jvp`` rules, linear in the tangent (so JAX transposes them for
 reverse mode), ``O(n)`` per row: with the pooled block ``F`` and ``d_i = (r/eps) z_i^(r-1)``,
@@ -276,7 +278,8 @@ def sparse_topk_mask(
         k: int or int array ``(...)`` -- data, so a new k never recompiles; clipped to ``[0, length]``.
         epsilon: regularisation strength ``> 0`` (scalar or ``(...)``), in the units of ``x``.
         p: the p-norm exponent, ``p > 1`` (static). Closed-form block roots for 2 and 4/3.
-        solver: ``"auto"``/``"threshold"`` (sort-free, exact), ``"pav"`` (sort + exact pool adjacent
+        solver: ``"auto"``/``"threshold"`` (exact; rows with ``k <= 16`` and ``p`` 2 or 4/3 on
+            their largest values, the rest sort-free), ``"pav"`` (sort + exact pool adjacent
             violators on the device), ``"dykstra"`` (sort + Dykstra, approximate, ``p = 2`` only).
         lengths: optional ``(...)`` number of real entries per row; the tail gets exactly 0.
 
