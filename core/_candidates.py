@@ -368,16 +368,21 @@ def mask_threshold(
 
     def candidates(x: Array, valid: Array) -> tuple[Array, Array, Array]:
         if source == "chain":
-            return by_chain(x, valid)
-        if source == "top_k":
-            return by_top_k(x, valid)
-        return jax.lax.platform_dependent(x, valid, cpu=by_chain, default=by_top_k)
+            shift, tau, failed = by_chain(x, valid)
+        elif source == "top_k":
+            shift, tau, failed = by_top_k(x, valid)
+        else:
+            shift, tau, failed = jax.lax.platform_dependent(
+                x, valid, cpu=by_chain, default=by_top_k
+            )
+        shift = jnp.where(small, shift, 0)
+        tau = jnp.where(small, tau, trivial_threshold(x, valid, k, eps))
+        return shift, tau, (small & failed) | (~small & ~lower)
 
-    def none(_x: Array, _valid: Array) -> tuple[Array, Array, Array]:  # no pass over the rows
-        return jnp.zeros_like(eps), jnp.zeros_like(eps), small
+    def none(_x: Array, _valid: Array) -> tuple[Array, Array, Array]:
+        # No small k: every row to the general solver (it sets the trivial rows itself), and no
+        # pass over the rows here.
+        return jnp.zeros_like(eps), jnp.zeros_like(eps), jnp.ones_like(small)
 
     shift, tau, failed = jax.lax.cond(jnp.any(small), candidates, none, x, valid)
-    shift = jnp.where(small, shift, 0)
-    tau = jnp.where(small, tau, trivial_threshold(x, valid, k, eps))
-    failed = (small & failed) | (~small & ~lower)
     return _fallback(failed, (shift, tau), x, valid, k, eps, solve)
