@@ -169,8 +169,15 @@ def scale_batch(dtype):
     )
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("p", [2.0, 4 / 3])
+@pytest.mark.parametrize(
+    ("dtype", "p"),
+    [
+        (np.float32, 4 / 3),
+        pytest.param(np.float64, 4 / 3, marks=pytest.mark.slow),
+        pytest.param(np.float32, 2.0, marks=pytest.mark.slow),
+        pytest.param(np.float64, 2.0, marks=pytest.mark.slow),
+    ],
+)
 def test_every_scale_and_epsilon_against_a_float64_bisection(dtype, p):
     x, k, eps, lengths, unit, base, _ = scale_batch(dtype)
     rows = len(x)
