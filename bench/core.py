@@ -46,6 +46,8 @@ class Shape:
 
 SHAPES = [
     Shape("moe", "MoE router", 4096, 64, 2),
+    Shape("moe1", "MoE router", 4096, 64, 1),
+    Shape("moe8", "MoE router", 4096, 256, 8),
     Shape("cls5", "classification", 256, 1000, 5),
     Shape("cls128", "classification", 256, 1024, 128),
     Shape("wide", "wide rows", 16, 16384, 2048),

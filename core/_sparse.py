@@ -8,10 +8,12 @@ The soft top-k mask is the regularised linear program over the permutahedron ``P
         \langle y, x\rangle - \frac{\varepsilon}{p} \|y\|_p^p ,
 
 which keeps exact zeros for every ``p > 1`` and tends to the hard top-k mask as ``eps -> 0``. Three
-exact or approximate solvers compute it: ``"threshold"`` (sort-free, one scalar per row, the
-default), ``"pav"`` (sort, then pool adjacent violators on the device) and ``"dykstra"`` (sort, then
-the paper's GPU-friendly alternating projections, approximate). All of them return the row
-threshold ``tau``; the outputs and their derivatives are element-wise functions of ``x`` and ``tau``.
+exact or approximate solvers compute it: ``"threshold"`` (the default: one scalar per row, without
+sorting; for the mask, rows with ``k <= 16`` are solved on their largest values,
+:mod:`core._candidates`), ``"pav"`` (sort, then pool adjacent violators on the device) and
+``"dykstra"`` (sort, then the paper's GPU-friendly alternating projections, approximate). All of
+them return the row threshold ``tau``; the outputs and their derivatives are element-wise functions
+of ``x`` and ``tau``.
 
 Derivatives are hand-written ``custom_jvp`` rules, linear in the tangent (so JAX transposes them for
 reverse mode), ``O(n)`` per row: with the pooled block ``F`` and ``d_i = (r/eps) z_i^(r-1)``,
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from core._candidates import mask_threshold
 from core._rows import as_float_array, row_k, row_lengths, row_param, safe_divide, valid_entries
 from core._sparse_isotonic import sorted_threshold
 from core._threshold import exponent, power, solve_threshold
@@ -52,6 +55,35 @@ def _threshold(
     if solver == "dykstra":
         return sorted_threshold(a, valid, k, eps, p=p, magnitude=magnitude, method="dykstra")
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+
+
+def _mask_threshold(
+    x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str
+) -> tuple[Array, Array]:
+    """``x`` shifted per row and the mask's ``tau`` in those units: ``z = (x_shifted - tau)/eps``.
+
+    ``"auto"``/``"threshold"``: rows with small k are solved on their largest values
+    (:func:`core._candidates.mask_threshold`, shifted by the k-th), the others by the sort-free
+    solver (unshifted). The other solvers give ``tau`` in the units of ``x``.
+    """
+    if solver not in ("auto", "threshold"):
+        return x, _threshold(x, k, eps, lengths, p, solver, magnitude=False)
+    batch, n = x.shape[:-1], x.shape[-1]
+
+    def general(x_: Array, valid_: Array, k_: Array, eps_: Array) -> Array:
+        return solve_threshold(x_, valid_, k_, eps_, p=p, magnitude=False).tau
+
+    shift, tau = mask_threshold(
+        x.reshape(-1, n),
+        valid_entries(x, lengths).reshape(-1, n),
+        k.reshape(-1),
+        eps.reshape(-1),
+        exponent(p),
+        general,
+    )
+    shift = shift.reshape((*batch, 1))
+    # An unshifted row keeps x itself (x - 0 would flush its subnormal entries).
+    return jnp.where(shift != 0, x - shift, x), tau.reshape(batch)
 
 
 # ----------------------------------------------------------------------------------------- mask
@@ -123,8 +155,8 @@ def _mask_from_parts(z: Array, top: Array, block: Array, k: Array, r: float) -> 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def _mask(x: Array, k: Array, eps: Array, lengths: Array, p: float, solver: str) -> Array:
-    tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
-    z, top, block = _mask_parts(x, tau, k, eps, valid_entries(x, lengths), exponent(p))
+    shifted, tau = _mask_threshold(x, k, eps, lengths, p, solver)
+    z, top, block = _mask_parts(shifted, tau, k, eps, valid_entries(x, lengths), exponent(p))
     return _mask_from_parts(z, top, block, k, exponent(p))
 
 
@@ -136,8 +168,8 @@ def _mask_jvp(
     dx, _, deps, _ = tangents
     r = exponent(p)
     valid = valid_entries(x, lengths)
-    tau = _threshold(x, k, eps, lengths, p, solver, magnitude=False)
-    z, top, free = _mask_parts(x, tau, k, eps, valid, r)
+    shifted, tau = _mask_threshold(x, k, eps, lengths, p, solver)
+    z, top, free = _mask_parts(shifted, tau, k, eps, valid, r)
     y = _mask_from_parts(z, top, free, k, r)
     # y = z^r on the pooled block F = {0 < z < 1}, z = (x - tau)/eps;  sum_F dy = 0 fixes dtau.
     d = jnp.where(free, (r / eps[..., None]) * power(jnp.where(free, z, 0), r - 1.0), 0)
@@ -246,7 +278,8 @@ def sparse_topk_mask(
         k: int or int array ``(...)`` -- data, so a new k never recompiles; clipped to ``[0, length]``.
         epsilon: regularisation strength ``> 0`` (scalar or ``(...)``), in the units of ``x``.
         p: the p-norm exponent, ``p > 1`` (static). Closed-form block roots for 2 and 4/3.
-        solver: ``"auto"``/``"threshold"`` (sort-free, exact), ``"pav"`` (sort + exact pool adjacent
+        solver: ``"auto"``/``"threshold"`` (exact; rows with ``k <= 16`` and ``p`` 2 or 4/3 on
+            their largest values, the rest sort-free), ``"pav"`` (sort + exact pool adjacent
             violators on the device), ``"dykstra"`` (sort + Dykstra, approximate, ``p = 2`` only).
         lengths: optional ``(...)`` number of real entries per row; the tail gets exactly 0.
 
