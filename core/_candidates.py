@@ -55,7 +55,7 @@ from jax import Array
 
 from core._lockstep import iterate_rows
 from core._rows import safe_divide
-from core._threshold import cubic_block_root, power
+from core._threshold import cubic_block_root, power, trivial_mask_threshold
 
 CANDIDATES = 16  # K: the support a row may have to be solved here (k <= K); K + 1 values are read
 
@@ -316,16 +316,6 @@ def _fallback(
     return jax.lax.cond(jnp.any(failed), general, lambda shifted: shifted, shifted)
 
 
-def trivial_threshold(x: Array, valid: Array, k: Array, eps: Array) -> Array:
-    """``tau`` of the rows with ``k = 0`` (the largest entry) or ``k = length`` (the smallest minus
-    ``eps``): the general solver's own values for them, so that both paths give the same output."""
-    length = jnp.sum(valid, axis=-1)
-    big = jnp.finfo(x.dtype).max
-    top = jnp.where(length > 0, jnp.max(jnp.where(valid, x, -big), axis=-1), 0)
-    bottom = jnp.where(length > 0, jnp.min(jnp.where(valid, x, big), axis=-1), 0)
-    return jnp.where(k == 0, top, bottom - eps)
-
-
 def mask_threshold(
     x: Array,
     valid: Array,
@@ -376,7 +366,7 @@ def mask_threshold(
                 x, valid, cpu=by_chain, default=by_top_k
             )
         shift = jnp.where(small, shift, 0)
-        tau = jnp.where(small, tau, trivial_threshold(x, valid, k, eps))
+        tau = jnp.where(small, tau, trivial_mask_threshold(x, valid, k, eps))
         return shift, tau, (small & failed) | (~small & ~lower)
 
     def none(_x: Array, _valid: Array) -> tuple[Array, Array, Array]:

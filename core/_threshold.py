@@ -175,6 +175,21 @@ def _quantile_guess(a: Array, valid: Array, k: Array, eps: Array, magnitude: boo
     return normal_upper_quantile(a, valid, kf + 0.5) - 0.5 * eps
 
 
+def _row_extremes(a: Array, valid: Array, length: Array) -> tuple[Array, Array]:
+    """The largest and the smallest real entry of each row (both 0 for an empty row)."""
+    big = jnp.finfo(a.dtype).max
+    top = jnp.max(jnp.where(valid, a, -big), axis=-1)
+    bottom = jnp.min(jnp.where(valid, a, big), axis=-1)
+    return jnp.where(length > 0, top, 0), jnp.where(length > 0, bottom, 0)
+
+
+def trivial_mask_threshold(x: Array, valid: Array, k: Array, eps: Array) -> Array:
+    """The mask's ``tau`` for ``k = 0`` (the largest entry) and ``k = length`` (the smallest minus
+    ``eps``): the bracket :func:`solve_threshold` sets those rows to."""
+    top, bottom = _row_extremes(x, valid, jnp.sum(valid, axis=-1))
+    return jnp.where(k == 0, top, bottom - eps)
+
+
 def solve_threshold(
     a: Array,
     valid: Array,
@@ -194,11 +209,7 @@ def solve_threshold(
     r = exponent(p)
     dtype = a.dtype
     length = jnp.sum(valid, axis=-1)
-    big = jnp.finfo(dtype).max
-    a_max = jnp.max(jnp.where(valid, a, -big), axis=-1)
-    a_min = jnp.min(jnp.where(valid, a, big), axis=-1)
-    a_max = jnp.where(length > 0, a_max, 0)
-    a_min = jnp.where(length > 0, a_min, 0)
+    a_max, a_min = _row_extremes(a, valid, length)
     if magnitude:
         lo = jnp.zeros_like(a_max)
         hi = a_max
