@@ -122,8 +122,8 @@ def refusal_probe(port: int, head: bytes, seconds: float) -> list[float]:
     """Every 20 ms, the headers alone of a big request on a new connection: the time to its 503
     is the time to judge it from its headers (the body is never sent; if it is admitted instead,
     the probe gives up after 0.5 s and counts nothing). Runs in a process of its own (see
-    :func:`probe_process`): inside the load generator it measured that process's own event loop,
-    busy with 320 clients, as much as the server (p50 3.6 against 0.X ms)."""
+    :func:`probe_process`): inside the load generator its times included that process's own
+    event loop, busy with 320 clients, beside the server's."""
     latencies = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:

@@ -207,7 +207,7 @@ class Settings(BaseModel):
         "process",
         description=(
             "Where JSON bodies above 64 KiB are parsed: in one child process, started by the first"
-            " (parsing holds the GIL the event loop needs), or on the bodies' thread."
+            " such body (parsing holds the GIL the event loop needs), or on the bodies' thread."
         ),
     )
     big_body_share: float = Field(
